@@ -1,0 +1,101 @@
+"""Settings, one small model per concern. Each field's description is its one-line doc (and its `--help` text).
+
+Sources, highest first: CLI flags > `SPECSERVE_<FIELD>` environment variables > YAML file (`--config`) > defaults.
+Field names are unique across sections, so env vars and YAML keys can be flat (`SPECSERVE_MAX_NUM_SEQS=8`,
+`max_num_seqs: 8`); YAML may also group them by section (`engine: {max_num_seqs: 8}`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    # Values arrive as strings from the environment; pydantic's lax mode converts them ("8" -> 8, "true" -> True).
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSettings(_Section):
+    model: str | None = Field(None, description="target model: HF checkpoint directory or hub id (default: bundled demo pair)")
+    draft_model: str | None = Field(None, description="draft model for --speculative-method draft (same tokenizer as the target)")
+    tokenizer: str | None = Field(None, description="tokenizer directory or hub id (default: the target's)")
+    served_model_name: str | None = Field(None, description="model name clients use (default: 'specserve-demo' or the model path's last part)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weight/activation dtype; auto = bf16 where the device supports it, else fp32")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device; auto = cuda if available, else cpu")
+
+
+class EngineSettings(_Section):
+    backend: Literal["auto", "torch", "neuron-tnx", "neuron-nxdi"] = Field("auto", description="model runner backend; auto = Neuron when its library and a device are present, else torch")
+    max_num_seqs: int = Field(8, ge=1, le=1024, description="KV slots: the most sequences decoding at once")
+    max_queue: int = Field(256, ge=0, description="requests that may wait for a slot; beyond it new requests get 429")
+    max_num_batched_tokens: int = Field(512, ge=1, description="per-step token budget (decode + draft + prefill chunks)")
+    max_model_len: int | None = Field(None, ge=8, description="positions per sequence (prompt + output); default: the model's, capped at 4096")
+    seed: int = Field(0, description="seed for requests that give none")
+
+
+class SpeculationSettings(_Section):
+    speculative_method: Literal["auto", "draft", "ngram", "none"] = Field("auto", description="proposer; auto = draft when a draft model is given, else ngram")
+    num_speculative_tokens: int = Field(4, ge=0, le=16, description="K: most draft tokens per sequence per step")
+    speculative_policy: Literal["adaptive", "static"] = Field("adaptive", description="adaptive: choose K per step and sequence from measured acceptance and step cost; static: always K")
+    ngram_min: int = Field(1, ge=1, description="shortest suffix n-gram the prompt-lookup proposer matches")
+    ngram_max: int = Field(4, ge=1, description="longest suffix n-gram the prompt-lookup proposer matches")
+
+    @model_validator(mode="after")
+    def _ngram_range(self) -> SpeculationSettings:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) must not exceed ngram_max ({self.ngram_max})")
+        return self
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind (0 = any free port)")
+    api_key: str | None = Field(None, description="if set, requests must send 'Authorization: Bearer <key>'")
+    drain_timeout: float = Field(30.0, ge=0, description="seconds to let in-flight requests finish after SIGTERM")
+    log_prompts: bool = Field(False, description="include prompt text in request logs")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
+    max_n: int = Field(8, ge=1, le=16, description="largest n (choices per request)")
+    max_stop_strings: int = Field(8, ge=0, le=16, description="most stop strings per request")
+    max_logit_bias: int = Field(300, ge=0, le=1024, description="most logit_bias entries per request")
+    request_timeout: float = Field(600.0, gt=0, description="wall-clock deadline per request in seconds")
+
+
+class Settings(BaseModel):
+    """All sections together. Build with `config.loader.load_settings`, which applies the source precedence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    speculation: SpeculationSettings = Field(default_factory=SpeculationSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        method = self.speculation.speculative_method
+        if method == "draft" and self.model.model is not None and self.model.draft_model is None:
+            raise ValueError("--speculative-method draft needs --draft-model (or use ngram / none)")
+        if self.model.draft_model is not None and method in ("ngram", "none"):
+            raise ValueError(f"--draft-model was given but --speculative-method is {method!r}; drop one of them")
+        return self
+
+    @property
+    def resolved_method(self) -> str:
+        """The proposer that will run: 'auto' resolved against the models given (the demo pair has a draft)."""
+        method = self.speculation.speculative_method
+        if method != "auto":
+            return method
+        if self.speculation.num_speculative_tokens == 0:
+            return "none"
+        return "draft" if (self.model.draft_model is not None or self.model.model is None) else "ngram"
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelSettings,
+    "engine": EngineSettings,
+    "speculation": SpeculationSettings,
+    "server": ServerSettings,
+}
