@@ -1,0 +1,77 @@
+"""Sampling from processed logits: argmax for greedy rows, the exponential-noise trick for the rest.
+
+argmax(probs / E) with E ~ Exponential(1) i.i.d. per token draws a token with probability proportional to probs
+(it is the Gumbel-max trick in another form; nano-vllm's sampler). It needs no normalization, no cumsum and no host
+sync. Seeded requests draw their noise from their own CPU generator, one row at a time, so a seeded request gets the
+same tokens whatever else is in the batch; unseeded rows share torch's default CPU generator.
+
+`probs_from_processed` is the one way to turn processed logits into probabilities; the draft proposer and the
+rejection sampler both use it, so draft and target distributions are computed the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from engine.sampling.pipeline import RowContext
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def probs_from_processed(processed: torch.Tensor) -> torch.Tensor:
+    """Softmax over the vocabulary in float32: `[N, V]` -> `[N, V]`.
+
+    Greedy rows get the plain softmax of their processed logits too: only their argmax matters.
+    """
+    return torch.softmax(processed.to(torch.float32), dim=-1)
+
+
+def exponential_noise(
+    generators: Sequence[torch.Generator | None], vocab_size: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Exponential(1) noise `[len(generators), V]`, row i drawn on CPU from generators[i] (None: torch's default).
+
+    Each seeded row consumes exactly `vocab_size` draws of its own generator, so its noise does not depend on the
+    other rows. Zeros (possible in float32) are clamped to the smallest normal float to keep probs / noise finite.
+    """
+    noise = torch.empty(len(generators), vocab_size, dtype=torch.float32)  # (n, V), CPU
+    unseeded = [i for i, g in enumerate(generators) if g is None]
+    if len(unseeded) == len(generators):
+        noise.exponential_()
+    else:
+        for i, g in enumerate(generators):
+            if g is not None:
+                noise[i].exponential_(generator=g)
+        if unseeded:
+            noise[unseeded] = torch.empty(len(unseeded), vocab_size).exponential_()
+    noise.clamp_(min=_TINY)
+    return noise.to(device, non_blocking=True)
+
+
+def sample_from_probs(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """One token per row of `probs` `[n, V]` (need not be normalized), noise from the row's generator -> `[n]` long."""
+    noise = exponential_noise(generators, probs.shape[1], probs.device)
+    return (probs / noise).argmax(dim=-1)
+
+
+def sample(
+    processed: torch.Tensor, rows: Sequence[RowContext], generators: Sequence[torch.Generator | None]
+) -> torch.Tensor:
+    """Sample one token per row of processed logits `[N, V]` -> `[N]` long (same device).
+
+    Greedy rows (temperature 0) take the argmax; other rows sample from softmax(processed) with noise from
+    `generators[i]` (a CPU generator, or None to use torch's default one).
+    """
+    if processed.shape[0] != len(rows) or len(generators) != len(rows):
+        raise ValueError("sample needs one row context and one generator slot per logits row")
+    tokens = processed.argmax(dim=-1)  # (N,)
+    sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
+    if not sampled:
+        return tokens
+    if len(sampled) == len(rows):
+        return sample_from_probs(probs_from_processed(processed), generators)
+    probs = probs_from_processed(processed[sampled])  # (S, V)
+    tokens[sampled] = sample_from_probs(probs, [generators[i] for i in sampled])
+    return tokens
