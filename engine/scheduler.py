@@ -1,0 +1,129 @@
+"""Continuous-batching scheduler: which sequences run this step, their prefill chunks, and their draft budget.
+
+FCFS. Every step: first the decoding sequences (each takes 1 token plus the K draft tokens the speculation policy grants
+it), then running sequences still in prefill, then waiting sequences admitted into free slots, all under one per-step
+token budget — so a long prompt is prefilled in chunks and never stalls running streams.
+
+The scheduler never touches tensors; it hands out counters and slot ids.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.sequence import Sequence, SequenceStatus
+
+# (decoding sequences, token budget left for their drafts) -> max draft tokens per sequence.
+KPolicy = Callable[[list[Sequence], int], list[int]]
+
+
+def no_speculation(seqs: list[Sequence], budget: int) -> list[int]:
+    return [0] * len(seqs)
+
+
+@dataclass
+class ScheduledRow:
+    seq: Sequence
+    num_new: int  # uncomputed tokens this row runs (prefill chunk length, or 1 for a decoding sequence)
+    max_draft: int  # draft tokens the proposer may add after them (0 for prefill rows)
+    is_last_chunk: bool  # the row reaches the end of the known tokens, so it needs logits
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.seq.in_prefill
+
+
+@dataclass
+class SchedulerOutput:
+    rows: list[ScheduledRow]
+
+
+class Scheduler:
+    def __init__(self, max_num_seqs: int, max_queue: int, max_num_batched_tokens: int):
+        if max_num_batched_tokens < max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_num_seqs ({max_num_seqs}) "
+                "so every running sequence can decode each step"
+            )
+        self.max_num_seqs = max_num_seqs
+        self.max_queue = max_queue
+        self.budget = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.free_slots: list[int] = list(range(max_num_seqs - 1, -1, -1))  # pop() hands out slot 0 first
+
+    # -- admission -------------------------------------------------------------------------------------------------
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def has_capacity(self, n: int) -> bool:
+        """Room for `n` more sequences: every slot plus the waiting queue."""
+        return self.num_in_flight + n <= self.max_num_seqs + self.max_queue
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- one step --------------------------------------------------------------------------------------------------
+
+    def schedule(self, k_policy: KPolicy = no_speculation) -> SchedulerOutput:
+        budget = self.budget
+        rows: list[ScheduledRow] = []
+
+        decoding = [s for s in self.running if not s.in_prefill]
+        budget -= len(decoding)
+        ks = k_policy(decoding, budget) if decoding else []
+        for seq, k in zip(decoding, ks):
+            # Drafts past the sequence's last allowed position would be wasted (and could overflow the slot).
+            k = max(0, min(k, seq.max_total_len - seq.num_tokens - 1, budget))
+            budget -= k
+            rows.append(ScheduledRow(seq, num_new=1, max_draft=k, is_last_chunk=True))
+
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.in_prefill:
+                rows.append(self._prefill_row(seq, budget))
+                budget -= rows[-1].num_new
+
+        while budget > 0 and self.waiting and self.free_slots:
+            seq = self.waiting.popleft()
+            seq.slot = self.free_slots.pop()
+            seq.status = SequenceStatus.RUNNING
+            seq.first_scheduled_time = time.monotonic()
+            self.running.append(seq)
+            rows.append(self._prefill_row(seq, budget))
+            budget -= rows[-1].num_new
+        return SchedulerOutput(rows)
+
+    @staticmethod
+    def _prefill_row(seq: Sequence, budget: int) -> ScheduledRow:
+        n = min(seq.num_uncomputed, budget)
+        return ScheduledRow(seq, num_new=n, max_draft=0, is_last_chunk=seq.num_computed + n == seq.num_tokens)
+
+    # -- retirement ------------------------------------------------------------------------------------------------
+
+    def finish(self, seq: Sequence, reason: str, stop_reason: str | int | None = None) -> None:
+        """Mark finished and return its slot to the pool (the next step may hand it out)."""
+        if seq.is_finished:
+            return
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        seq.stop_reason = stop_reason
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq.slot is not None:
+            self.free_slots.append(seq.slot)
+            seq.slot = None
+
+    def find(self, request_id: str) -> list[Sequence]:
+        return [s for s in (*self.running, *self.waiting) if s.request_id == request_id]

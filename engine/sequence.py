@@ -1,0 +1,89 @@
+"""One object carries one choice of one request through the pipeline.
+
+The scheduler works only in counters on these objects: `num_computed` is how many of `prompt_ids + output_ids` have
+their K/V in the slot. A decoding sequence always has exactly one uncomputed token (the last sampled one); a verify step
+runs it plus K draft tokens, and afterwards `num_computed` moves to cover only what was accepted — rollback is a counter.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.outputs import SpecStats, TokenLogprob
+from engine.sampling.params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    seq_id: str
+    request_id: str
+    index: int  # choice index within the request
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_total_len: int  # prompt + output may not pass this (min of max_model_len and prompt + max_tokens)
+    stop_token_ids: frozenset[int]  # EOS (unless ignore_eos) + params.stop_token_ids
+    generator: torch.Generator | None = None
+    output_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0  # target KV positions filled with accepted tokens
+    draft_num_computed: int = 0  # the same counter for the draft model's slot
+    slot: int | None = None
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    error: str | None = None
+    final_sent: bool = False  # the finished output has been handed out
+    # Speculation.
+    draft_ids: list[int] = field(default_factory=list)  # drafts proposed for the current step
+    spec: SpecStats = field(default_factory=SpecStats)
+    acceptance_estimate: float | None = None  # moving average of per-token acceptance; None until observed
+    # Timing (time.monotonic).
+    arrival_time: float = field(default_factory=time.monotonic)
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    # Pending delta for the next RequestOutput.
+    new_token_ids: list[int] = field(default_factory=list)
+    new_text: str = ""
+    new_logprobs: list[TokenLogprob] = field(default_factory=list)
+    new_token_times: list[float] = field(default_factory=list)
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_uncomputed(self) -> int:
+        return self.num_tokens - self.num_computed
+
+    @property
+    def in_prefill(self) -> bool:
+        """True until the whole prompt is in the cache (a decoding sequence has exactly one uncomputed token)."""
+        return self.num_computed < len(self.prompt_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def uncomputed_ids(self, limit: int | None = None) -> list[int]:
+        end = self.num_tokens if limit is None else min(self.num_tokens, self.num_computed + limit)
+        if self.num_computed < len(self.prompt_ids):
+            return self.all_ids[self.num_computed:end]
+        return self.output_ids[self.num_computed - len(self.prompt_ids): end - len(self.prompt_ids)]
+
+    def take_delta(self) -> tuple[list[int], str, list[TokenLogprob], list[float]]:
+        out = (self.new_token_ids, self.new_text, self.new_logprobs, self.new_token_times)
+        self.new_token_ids, self.new_text, self.new_logprobs, self.new_token_times = [], "", [], []
+        return out
