@@ -1,0 +1,159 @@
+"""The project's compact Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) over a static slot KV cache.
+
+References: Hugging Face transformers `modeling_llama.py` / `modeling_qwen3.py` (the numerics we match in fp32) and
+gpt-fast's `model.py` (a static cache written at `input_pos`).
+
+One forward runs a batch of rows; row b carries S new tokens for KV slot `slots[b]` at positions `positions[b]`. Rows are
+right-padded to a common S; padded tokens carry the cache's scratch position, so their K/V writes land where no query
+ever looks (see `kv_cache.py`). A new token at position p of slot s attends to positions 0..p of slot s, which covers
+the earlier cache entries and the tokens of its own chunk (prefill chunks, speculative verify).
+
+Fused projections: q/k/v are one matmul and gate/up another (the loader concatenates HF's separate weights), which
+halves the number of GEMM calls at batch 1, where per-call overhead matters.
+
+Grouped-query attention without copying K/V: the G = heads / kv_heads query heads that share a KV head are folded into
+the query-length axis, `(B, H, S, D) -> (B, KVH, G*S, D)`, and SDPA runs as multi-head attention over KVH heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.config import ModelConfig
+from engine.models.kv_cache import KVCache
+from engine.models.rope import RotaryEmbedding, apply_rope
+
+
+@dataclass
+class StepInputs:
+    """Tensors for one forward over padded rows (built by the runner with a few torch ops, no per-token Python)."""
+
+    input_ids: torch.Tensor  # (B, S) long
+    positions: torch.Tensor  # (B, S) long; padded tokens = cache.scratch_pos
+    slot_ids: torch.Tensor  # (B,) long: the KV slot of each row
+    ctx_len: int  # L: queries attend within cache positions [0, L); L = max(last real position) + 1 <= max_len
+    attn_mask: torch.Tensor | None = None  # (B, 1, S, L) bool, True = attend; None when every query sees all L
+    logits_idx: torch.Tensor | None = None  # (N,) indices into the flattened (B*S) tokens; None = every token
+    slot_range: tuple[int, int] | None = None  # (first, B) when slot_ids == first..first+B-1: cache reads are views
+
+    @staticmethod
+    def causal_mask(positions: torch.Tensor, ctx_len: int) -> torch.Tensor:
+        """(B, S) positions -> (B, 1, S, L) bool: token at p sees cache positions 0..p."""
+        cache_pos = torch.arange(ctx_len, device=positions.device)
+        return (cache_pos[None, None, :] <= positions[:, :, None])[:, None]
+
+
+class RMSNorm(nn.Module):
+    """HF's RMSNorm: normalise in float32, scale in the model dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.to(torch.float32)
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size, self.kv_size = cfg.q_size, cfg.kv_size
+        self.qkv_proj = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.q_size, cfg.hidden_size, bias=cfg.o_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.scale = cfg.head_dim ** -0.5
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, inp: StepInputs,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        B, S, _ = x.shape  # noqa: N806
+        H, KVH, D = self.num_heads, self.num_kv_heads, self.head_dim  # noqa: N806
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = q.view(B, S, H, D), k.view(B, S, KVH, D), v.view(B, S, KVH, D)  # (B, S, H|KVH, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        # Write this chunk's K/V first, so the reads below see the chunk's own earlier tokens.
+        k_layer, v_layer = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (slots, KVH, T, D)
+        row_slot = inp.slot_ids[:, None]  # (B, 1) broadcast against positions (B, S)
+        k_layer[row_slot, :, inp.positions] = k  # indexed view is (B, S, KVH, D)
+        v_layer[row_slot, :, inp.positions] = v
+        L = inp.ctx_len  # noqa: N806
+        if inp.slot_range is not None:  # contiguous slots: a view, no copy
+            first, n = inp.slot_range
+            keys, values = k_layer[first:first + n, :, :L], v_layer[first:first + n, :, :L]  # (B, KVH, L, D)
+        else:
+            keys = k_layer[:, :, :L].index_select(0, inp.slot_ids)  # (B, KVH, L, D), copies only L positions
+            values = v_layer[:, :, :L].index_select(0, inp.slot_ids)
+
+        G = H // KVH  # noqa: N806
+        q = q.transpose(1, 2).reshape(B, KVH, G * S, D)  # (B, KVH, G*S, D): heads sharing a KV head, folded
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)  # (B, KVH, G*S, D)
+        out = out.view(B, H, S, D).transpose(1, 2).reshape(B, S, H * D)  # (B, S, H*D)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.intermediate = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache, inp, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, inp, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    """Parameter names: `embed_tokens`, `layers.{i}.{self_attn.qkv_proj,...}`, `norm`, `lm_head` (see loader.py)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rotary = RotaryEmbedding(cfg)
+
+    def forward(self, inp: StepInputs, cache: KVCache) -> torch.Tensor:
+        """Run the rows, update the cache; return logits (N, vocab) in the model dtype for `inp.logits_idx`."""
+        B, S = inp.input_ids.shape  # noqa: N806
+        x = self.embed_tokens(inp.input_ids)  # (B, S, hidden)
+        cos, sin = self.rotary(inp.positions)  # (B, S, 1, D) float32
+        mask = inp.attn_mask
+        group = self.config.num_heads // self.config.num_kv_heads
+        if mask is not None and group > 1:
+            mask = mask.repeat(1, 1, group, 1)  # (B, 1, G*S, L), matching the folded query heads
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache, inp, mask)
+        x = x.reshape(B * S, -1)  # (B*S, hidden)
+        if inp.logits_idx is not None:
+            x = x.index_select(0, inp.logits_idx)  # (N, hidden): the LM head runs only where logits are needed
+        return self.lm_head(self.norm(x))  # (N, vocab)
