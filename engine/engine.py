@@ -258,14 +258,13 @@ class LLMEngine:
                 error: str | None = None) -> None:
         if seq.is_finished:
             return
-        was_running = seq.slot is not None
+        if self.proposer is not None:
+            self.proposer.release(seq)  # while seq.slot still names the slot
         slot = seq.slot
         self.scheduler.finish(seq, reason, stop_reason)
         seq.error = error
-        if was_running:
+        if slot is not None:
             self.runner.release_slot(slot)
-        if self.proposer is not None:
-            self.proposer.release(seq)
         detok = self._detok.pop(seq, None)
         if detok is not None and reason != "error":
             seq.new_text += detok.take_delta(final=True)

@@ -1,0 +1,115 @@
+"""Build a ready `LLMEngine` from `Settings`: resolve models, load tokenizer and runners, pick proposer and policy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from config.settings import Settings
+from engine.engine import EngineLimits, LLMEngine
+from engine.models.config import ModelConfig
+from engine.models.loader import resolve_model_path
+from engine.models.tokenizer import load_tokenizer
+from engine.runners.base import Runner
+from engine.runners.registry import RunnerSpec, resolve_backend
+from engine.spec import draft_model, ngram  # noqa: F401  (register proposers)
+from engine.spec.base import PROPOSERS
+from engine.spec.policy import make_policy
+
+log = logging.getLogger("specserve.engine")
+
+DEFAULT_MAX_MODEL_LEN_CAP = 4096
+
+
+class DraftMismatchError(ValueError):
+    """The draft model cannot propose for this target (different vocabulary or tokenizer)."""
+
+
+@dataclass
+class BuildContext:
+    settings: Settings
+    target_runner: Runner
+    draft_runner: Runner | None
+
+
+def resolve_models(settings: Settings) -> tuple[str, str | None, str]:
+    """(target path or id, draft path or id or None, served model name). No --model = the bundled demo pair."""
+    m = settings.model
+    method = settings.resolved_method
+    if m.model is None:
+        from engine.demo_pair import SERVED_NAME, draft_dir, target_dir
+
+        draft = str(m.draft_model or draft_dir()) if method == "draft" else None
+        return str(target_dir()), draft, m.served_model_name or SERVED_NAME
+    name = m.served_model_name or Path(str(m.model).rstrip("/")).name
+    return m.model, (m.draft_model if method == "draft" else None), name
+
+
+def _check_draft_tokenizer(target_tok, draft_path: str) -> None:
+    try:
+        draft_tok = load_tokenizer(draft_path)
+    except FileNotFoundError:
+        return  # a draft without its own tokenizer files is assumed to share the target's
+    if draft_tok.get_vocab() != target_tok.get_vocab():
+        raise DraftMismatchError(
+            f"draft model {draft_path} uses a different tokenizer than the target; speculative decoding needs the "
+            "same vocabulary (use --speculative-method ngram instead)"
+        )
+
+
+def eos_ids(tokenizer, model_dir: Path) -> list[int]:
+    ids = set(ModelConfig.from_dir(model_dir).eos_token_ids)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = model_dir / "generation_config.json"
+    if gen.is_file():
+        e = json.loads(gen.read_text()).get("eos_token_id")
+        ids.update([e] if isinstance(e, int) else (e or []))
+    return sorted(ids)
+
+
+def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
+    t0 = time.monotonic()
+    target_id, draft_id, served_name = resolve_models(settings)
+    target_dir = resolve_model_path(target_id)
+    tokenizer = load_tokenizer(settings.model.tokenizer or target_dir)
+    cfg = ModelConfig.from_dir(target_dir)
+    max_len = settings.engine.max_model_len or min(cfg.max_position_embeddings, DEFAULT_MAX_MODEL_LEN_CAP)
+    backend = resolve_backend(settings.engine.backend)
+    spec = RunnerSpec(max_slots=settings.engine.max_num_seqs, max_model_len=max_len,
+                      dtype=settings.model.dtype, device=settings.model.device)
+    target = backend.build(str(target_dir), spec)
+    vocab = target.info().vocab_size
+    if len(tokenizer) > vocab:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}")
+
+    method = settings.resolved_method
+    draft_runner = None
+    if method == "draft":
+        draft_dir = resolve_model_path(draft_id)
+        _check_draft_tokenizer(tokenizer, str(draft_dir))
+        draft_runner = backend.build(str(draft_dir), RunnerSpec(**{**spec.__dict__, "role": "draft"}))
+        if draft_runner.info().vocab_size != vocab:
+            raise DraftMismatchError(
+                f"draft model vocabulary ({draft_runner.info().vocab_size}) differs from the target's ({vocab}); "
+                "speculative decoding needs the same vocabulary"
+            )
+    proposer = policy = None
+    if method != "none":
+        proposer = PROPOSERS[method](BuildContext(settings, target, draft_runner))
+        policy = make_policy(settings.speculation.speculative_policy, settings.speculation.num_speculative_tokens,
+                             target.info().allowed_k)
+    for r in (target, draft_runner):
+        if r is not None:
+            r.warmup()
+    e = settings.engine
+    limits = EngineLimits(e.max_num_seqs, e.max_queue, e.max_num_batched_tokens, max_len)
+    engine = LLMEngine(target, tokenizer, limits, eos_token_ids=eos_ids(tokenizer, target_dir), proposer=proposer,
+                       policy=policy)
+    log.info("engine ready: model=%s draft=%s method=%s backend=%s dtype=%s max_model_len=%d slots=%d in %.1fs",
+             target_id, draft_id, method, backend.name, target.info().dtype, max_len, e.max_num_seqs,
+             time.monotonic() - t0)
+    return engine, served_name
