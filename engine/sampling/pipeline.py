@@ -75,6 +75,34 @@ def _ids_to_counts(id_lists: list[Sequence[int]], vocab_size: int, device: torch
     return counts
 
 
+def _column(values: list[float], device: torch.device) -> torch.Tensor:
+    """Per-row scalars as a float32 column `[R, 1]` that broadcasts over the vocabulary."""
+    return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+
+
+def _prompt_seen(
+    rows: Sequence[RowContext], idx: list[int], vocab: int, device: torch.device
+) -> torch.Tensor:
+    """`[P, V]` bool: token occurs in the row's prompt (rows without repetition_penalty: all False).
+
+    Rows sharing one prompt object (a sequence's k+1 verify rows, the n choices of a request) are counted once.
+    """
+    unique: dict[int, int] = {}
+    prompts: list[Sequence[int]] = [()]  # slot 0: no prompt
+    which = []
+    for i in idx:
+        r = rows[i]
+        if r.params.repetition_penalty == 1.0 or not r.prompt_ids:
+            which.append(0)
+            continue
+        slot = unique.setdefault(id(r.prompt_ids), len(prompts))
+        if slot == len(prompts):
+            prompts.append(r.prompt_ids)
+        which.append(slot)
+    counts = _ids_to_counts(prompts, vocab, device)  # (U, V)
+    return counts[torch.tensor(which, device=device)] > 0
+
+
 def _apply_penalties(out: torch.Tensor, rows: Sequence[RowContext]) -> None:
     idx = [i for i, r in enumerate(rows) if r.params.has_penalties]
     if not idx:
@@ -86,23 +114,14 @@ def _apply_penalties(out: torch.Tensor, rows: Sequence[RowContext]) -> None:
 
     if any(p.repetition_penalty != 1.0 for p in params):
         # HF semantics: every token seen in prompt or output is divided (if positive) or multiplied (if negative).
-        prompt_counts = _ids_to_counts(
-            [rows[i].prompt_ids if rows[i].params.repetition_penalty != 1.0 else () for i in idx],
-            vocab,
-            device,
-        )
-        seen = (output_counts + prompt_counts) > 0
-        rep = torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32, device=device)[
-            :, None
-        ]
+        seen = (output_counts > 0) | _prompt_seen(rows, idx, vocab, device)
+        rep = _column([p.repetition_penalty for p in params], device)
         sub = torch.where(seen, torch.where(sub > 0, sub / rep, sub * rep), sub)
 
     if any(p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in params):
         # OpenAI semantics, over generated tokens only.
-        pres = torch.tensor([p.presence_penalty for p in params], dtype=torch.float32, device=device)[:, None]
-        freq = torch.tensor([p.frequency_penalty for p in params], dtype=torch.float32, device=device)[
-            :, None
-        ]
+        pres = _column([p.presence_penalty for p in params], device)
+        freq = _column([p.frequency_penalty for p in params], device)
         sub = sub - freq * output_counts - pres * (output_counts > 0).to(torch.float32)
 
     out[idx] = sub
@@ -147,8 +166,7 @@ def _apply_temperature(out: torch.Tensor, rows: Sequence[RowContext], sampled: l
     idx = [i for i in sampled if rows[i].params.temperature != 1.0]
     if not idx:
         return
-    temps = torch.tensor([rows[i].params.temperature for i in idx], dtype=torch.float32, device=out.device)
-    out[idx] = out[idx] / temps[:, None]
+    out[idx] = out[idx] / _column([rows[i].params.temperature for i in idx], out.device)
 
 
 def _apply_top_k_top_p(out: torch.Tensor, rows: Sequence[RowContext], sampled: list[int]) -> None:
@@ -158,21 +176,28 @@ def _apply_top_k_top_p(out: torch.Tensor, rows: Sequence[RowContext], sampled: l
         return
     device = out.device
     sub = out[idx]  # (R, V)
-    logits_sort, order = sub.sort(dim=-1)  # ascending, as vLLM: the kept tokens are a suffix
-
     ks = [rows[i].params.top_k if 0 < rows[i].params.top_k < vocab else vocab for i in idx]
+    ps = [rows[i].params.top_p for i in idx]
+
+    if all(p == 1.0 for p in ps):
+        # top-k only: one topk with the largest k asked is much cheaper than a full sort of a large vocabulary.
+        top_vals = sub.topk(max(ks), dim=-1).values  # (R, max k), descending
+        threshold = top_vals.gather(1, torch.tensor(ks, device=device)[:, None] - 1)  # (R, 1) k-th largest
+        out[idx] = sub.masked_fill(sub < threshold, -math.inf)  # ties with the k-th largest stay
+        return
+
+    logits_sort, order = sub.sort(dim=-1)  # ascending, as vLLM: the kept tokens are a suffix
     if any(k < vocab for k in ks):
         # Keep the k largest (and any ties with the k-th): threshold is the k-th largest value.
         pos = torch.tensor([vocab - k for k in ks], dtype=torch.long, device=device)[:, None]
         threshold = logits_sort.gather(1, pos)  # (R, 1)
         logits_sort = logits_sort.masked_fill(logits_sort < threshold, -math.inf)
 
-    ps = [rows[i].params.top_p for i in idx]
     if any(p < 1.0 for p in ps):
         # Keep the smallest suffix (most likely tokens) whose mass reaches top_p; the most likely token always stays.
         probs_sort = logits_sort.softmax(dim=-1)
         cum = probs_sort.cumsum(dim=-1)  # ascending order: mass of this token and all less likely ones
-        drop_mass = torch.tensor([1.0 - p for p in ps], dtype=torch.float32, device=device)[:, None]
+        drop_mass = _column([1.0 - p for p in ps], device)
         uses = torch.tensor([p < 1.0 for p in ps], dtype=torch.bool, device=device)[:, None]
         mask = (cum <= drop_mass) & uses
         mask[:, -1] = False
@@ -187,8 +212,6 @@ def _apply_min_p(out: torch.Tensor, rows: Sequence[RowContext], sampled: list[in
         return
     sub = out[idx]  # (R, V)
     # prob < min_p * max_prob  <=>  logit < max_logit + log(min_p)  (no softmax needed)
-    log_min_p = torch.tensor(
-        [math.log(rows[i].params.min_p) for i in idx], dtype=torch.float32, device=out.device
-    )
-    threshold = sub.max(dim=-1, keepdim=True).values + log_min_p[:, None]
+    log_min_p = _column([math.log(rows[i].params.min_p) for i in idx], out.device)
+    threshold = sub.max(dim=-1, keepdim=True).values + log_min_p
     out[idx] = sub.masked_fill(sub < threshold, -math.inf)

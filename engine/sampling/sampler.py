@@ -3,7 +3,7 @@
 argmax(probs / E) with E ~ Exponential(1) i.i.d. per token draws a token with probability proportional to probs
 (it is the Gumbel-max trick in another form; nano-vllm's sampler). It needs no normalization, no cumsum and no host
 sync. Seeded requests draw their noise from their own CPU generator, one row at a time, so a seeded request gets the
-same tokens whatever else is in the batch; unseeded rows share torch's default CPU generator.
+same tokens whatever else is in the batch; unseeded rows share torch's default generator of the logits' device.
 
 `probs_from_processed` is the one way to turn processed logits into probabilities; the draft proposer and the
 rejection sampler both use it, so draft and target distributions are computed the same way.
@@ -31,23 +31,25 @@ def probs_from_processed(processed: torch.Tensor) -> torch.Tensor:
 def exponential_noise(
     generators: Sequence[torch.Generator | None], vocab_size: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Exponential(1) noise `[len(generators), V]`, row i drawn on CPU from generators[i] (None: torch's default).
+    """Exponential(1) noise `[len(generators), V]` on `device`.
 
-    Each seeded row consumes exactly `vocab_size` draws of its own generator, so its noise does not depend on the
-    other rows. Zeros (possible in float32) are clamped to the smallest normal float to keep probs / noise finite.
+    Row i with a generator is drawn on CPU from generators[i] (exactly `vocab_size` draws, so its noise does not depend
+    on the other rows) and moved; rows without one are drawn together on `device` from torch's default generator
+    there. Zeros (possible in float32) are clamped to the smallest normal float to keep probs / noise finite.
     """
-    noise = torch.empty(len(generators), vocab_size, dtype=torch.float32)  # (n, V), CPU
-    unseeded = [i for i, g in enumerate(generators) if g is None]
-    if len(unseeded) == len(generators):
-        noise.exponential_()
-    else:
-        for i, g in enumerate(generators):
-            if g is not None:
-                noise[i].exponential_(generator=g)
-        if unseeded:
-            noise[unseeded] = torch.empty(len(unseeded), vocab_size).exponential_()
-    noise.clamp_(min=_TINY)
-    return noise.to(device, non_blocking=True)
+    n = len(generators)
+    seeded = [i for i, g in enumerate(generators) if g is not None]
+    if not seeded:
+        return torch.empty(n, vocab_size, dtype=torch.float32, device=device).exponential_().clamp_(min=_TINY)
+    cpu_noise = torch.empty(len(seeded), vocab_size, dtype=torch.float32)  # (S, V)
+    for j, i in enumerate(seeded):
+        cpu_noise[j].exponential_(generator=generators[i])
+    cpu_noise = cpu_noise.to(device, non_blocking=True)
+    if len(seeded) == n:
+        return cpu_noise.clamp_(min=_TINY)
+    noise = torch.empty(n, vocab_size, dtype=torch.float32, device=device).exponential_()
+    noise[torch.tensor(seeded, device=device)] = cpu_noise
+    return noise.clamp_(min=_TINY)
 
 
 def sample_from_probs(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:

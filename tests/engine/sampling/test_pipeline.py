@@ -205,3 +205,30 @@ def test_runs_on_device(device):
     ref = process_logits(x.cpu(), rows)
     assert out.device.type == device
     assert torch.allclose(out.cpu(), ref, atol=1e-5)
+
+
+def test_top_k_same_with_or_without_top_p_rows_in_batch():
+    # a batch with only top_k takes the topk path; one with a top_p row takes the sort path: same result
+    x = logits(2, seed=4)
+    x[0, 5] = x[0, 6] = x[0].max() + 1  # a tie at the top
+    alone = process_logits(x[:1], [row(top_k=2)])
+    mixed = process_logits(x, [row(top_k=2), row(top_p=0.9)])
+    assert torch.equal(alone[0], mixed[0])
+    assert torch.isfinite(alone[0]).sum() == 2
+
+
+def test_repetition_penalty_rows_sharing_a_prompt_object():
+    x = logits(3, seed=5).abs() + 0.5  # all positive: seen tokens are divided
+    shared = [1, 2]
+    rows = [
+        row(repetition_penalty=2.0, output=[], temperature=0.0),
+        row(repetition_penalty=2.0, output=[7], temperature=0.0),
+        row(repetition_penalty=2.0, output=[], temperature=0.0),
+    ]
+    rows[0].prompt_ids = rows[1].prompt_ids = shared  # one sequence's verify rows share its prompt list
+    rows[2].prompt_ids = [3]
+    out = process_logits(x, rows)
+    exp = x.clone()
+    for r, toks in ((0, [1, 2]), (1, [1, 2, 7]), (2, [3])):
+        exp[r, toks] /= 2.0
+    assert torch.allclose(out, exp)
