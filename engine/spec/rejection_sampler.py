@@ -18,7 +18,8 @@ drafts 0..j-1 were already generated. That is what makes penalties, bias, top-k/
 
 Randomness: a sequence with a generator draws, in this order, k uniforms (acceptance) then V exponentials (the final
 token, by the exponential-noise trick), from its own CPU generator, so a seeded request repeats whatever else is in
-the batch. Sequences without a generator share torch's default generators (CPU for uniforms, the device's for noise). Greedy sequences draw nothing.
+the batch. Sequences without a generator share torch's default generators (CPU for uniforms, the device's for
+noise). Greedy sequences draw nothing.
 """
 
 from __future__ import annotations

@@ -270,3 +270,18 @@ def test_shape_errors():
     with pytest.raises(ValueError):
         rejection_sample([[1, 2]], torch.rand(1, V), torch.rand(3, V), [False], [None])
     assert rejection_sample([], None, torch.zeros(0, V), [], []) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_for_seeded_sequences():
+    target, draft = dirichlet(7, 20), dirichlet(4, 21)
+    ids = [[0, 1, 2], [], [3]]
+    greedy = [False, True, False]
+
+    def run(device):
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+        return [rejection_sample(ids, draft.to(device), target.to(device), greedy, gens) for _ in range(20)]
+
+    assert run("cuda") == run("cpu")
+    out = run_batch(target[:2].cuda(), draft[:1].cuda(), 1, 22)
+    assert chi2_pvalue([o[0] for o in out], target[0]) > P_MIN
