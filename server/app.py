@@ -1,0 +1,54 @@
+"""The FastAPI app factory. `create_app(settings)` returns an app whose lifespan loads the engine in a thread (so
+uvicorn answers `/health` with 503 while the model loads), starts the engine loop, and shuts the engine down at exit.
+Draining on SIGTERM is driven by the CLI's server (server/cli.py) through `app.state.specserve.drain()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from config.settings import Settings
+from server.errors import install_handlers
+from server.routes import router, v1
+from server.serving_chat import ChatServing
+from server.serving_completions import CompletionServing
+from server.state import ServerState
+
+log = logging.getLogger("specserve.server")
+
+
+def create_app(settings: Settings, engine: Any = None,
+               engine_factory: Callable[[Settings], Any] | None = None) -> FastAPI:
+    """Build the app. `engine`: an already built engine (tests); otherwise `engine_factory(settings)` (default:
+    `AsyncEngine.from_settings`) runs in a thread at startup. Either way the app starts the engine's loop at startup
+    and shuts it down at exit."""
+    state = ServerState(settings, engine=engine, engine_factory=engine_factory)
+    state.started_at = int(time.time())
+    state.chat = ChatServing(state)
+    state.completions = CompletionServing(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        load = asyncio.create_task(state.load())
+        try:
+            yield
+        finally:
+            if not load.done():
+                log.info("shutting down while the model is still loading; waiting for it")
+                with contextlib.suppress(Exception):
+                    await load
+            await asyncio.to_thread(state.shutdown)
+
+    app = FastAPI(title="specserve", summary="OpenAI-compatible speculative-decoding server", lifespan=lifespan)
+    app.state.specserve = state
+    install_handlers(app)
+    app.include_router(router)
+    app.include_router(v1)
+    return app

@@ -1,0 +1,83 @@
+"""One structured log line per request (logger `specserve.requests`), emitted when the response is complete.
+
+Fields: id, endpoint, status (499 = the client disconnected), stream, n, prompt_tokens, completion_tokens, ttft_ms,
+duration_ms, draft_tokens, accepted_tokens, acceptance (accepted/draft), finish_reason, error. The prompt text is
+logged only with `server.log_prompts`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.outputs import RequestOutput
+
+log = logging.getLogger("specserve.requests")
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    endpoint: str
+    stream: bool = False
+    n: int = 1
+    start: float = field(default_factory=time.monotonic)
+    status: int = 200
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    first_token: float | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+    prompt: Any = None  # set only when log_prompts is on
+    _emitted: bool = False
+
+    def observe(self, out: RequestOutput) -> None:
+        """Note one engine output (any choice)."""
+        if self.first_token is None and out.token_ids:
+            self.first_token = time.monotonic()
+        if out.finished:
+            self.completion_tokens += out.num_output_tokens
+            self.draft_tokens += out.spec.draft_tokens
+            self.accepted_tokens += out.spec.accepted_tokens
+            if out.finish_reason:
+                self.finish_reasons.append(out.finish_reason)
+
+    def fail(self, status: int, message: str) -> None:
+        self.status = status
+        self.error = message
+
+    def as_dict(self) -> dict[str, Any]:
+        now = time.monotonic()
+        d: dict[str, Any] = {
+            "event": "request",
+            "id": self.request_id,
+            "endpoint": self.endpoint,
+            "status": self.status,
+            "stream": self.stream,
+            "n": self.n,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms": None if self.first_token is None else round((self.first_token - self.start) * 1000, 1),
+            "duration_ms": round((now - self.start) * 1000, 1),
+            "draft_tokens": self.draft_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "acceptance": round(self.accepted_tokens / self.draft_tokens, 4) if self.draft_tokens else None,
+            "finish_reason": ",".join(sorted(set(self.finish_reasons))) or None,
+        }
+        if self.error is not None:
+            d["error"] = self.error
+        if self.prompt is not None:
+            d["prompt"] = self.prompt
+        return d
+
+    def emit(self) -> None:
+        """Write the line once (later calls do nothing)."""
+        if self._emitted:
+            return
+        self._emitted = True
+        log.info(json.dumps(self.as_dict(), ensure_ascii=False))

@@ -1,0 +1,82 @@
+"""Thin routes: parse the body, hand it to the serving object, return what it returns. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from server.auth import require_api_key
+from server.errors import BadRequestError, BodyTooLargeError, validation_error_from_pydantic
+from server.protocol import ChatCompletionRequest, CompletionRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+router = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.specserve
+
+
+async def read_json(request: Request, model: type[M]) -> M:
+    """Read the body (at most server.max_body_bytes, also when chunked) and validate it: 400/413, never 422."""
+    limit = _state(request).settings.server.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequestError(f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise validation_error_from_pydantic(e) from None
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 {"status": "ok", "running", "waiting", "free_slots", "num_slots", "model"} when ready; 503 otherwise
+    (status "loading", "draining", "failed" or "unhealthy")."""
+    status, body = _state(request).health()
+    return JSONResponse(body, status_code=status)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@v1.get("/models")
+async def list_models(request: Request) -> JSONResponse:
+    state = _state(request)
+    engine = state.engine if state.engine is not None else state.require_engine()  # 503 while loading
+    card = {"id": engine.model_name, "object": "model", "created": state.started_at, "owned_by": "specserve",
+            "max_model_len": engine.max_model_len}
+    return JSONResponse({"object": "list", "data": [card]})
+
+
+@v1.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    req = await read_json(request, ChatCompletionRequest)
+    return await _state(request).chat.create(req, request)
+
+
+@v1.post("/completions")
+async def completions(request: Request) -> Response:
+    req = await read_json(request, CompletionRequest)
+    return await _state(request).completions.create(req, request)

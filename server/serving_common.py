@@ -1,0 +1,247 @@
+"""What both endpoints share: driving the engine streams of one HTTP request, SSE framing, the template of a request.
+
+`EngineRun` merges the engine streams of one HTTP request (one per prompt), enforces the wall-clock deadline and turns a
+client disconnect into an immediate abort, so the engine slot returns to the pool at the next step boundary whether
+the response is streamed or not. `Serving` is the template every endpoint follows: validate + submit (errors here get a
+proper HTTP status), then either collect a JSON body or stream SSE chunks (errors there become an SSE error event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from engine.errors import EngineError, RequestFailedError
+from engine.outputs import RequestOutput, SpecStats
+from server.errors import (
+    ClientDisconnectedError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+    describe,
+    sse_error_event,
+)
+from server.request_log import RequestRecord
+
+log = logging.getLogger("specserve.server")
+
+SSE_DONE = "data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+LOGPROB_FLOOR = -9999.0  # JSON has no -inf; OpenAI clients expect a number
+
+
+def sse(data: dict[str, Any]) -> str:
+    """One server-sent event carrying a JSON object."""
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def finite_logprob(x: float) -> float:
+    return x if x > LOGPROB_FLOOR else LOGPROB_FLOOR
+
+
+def check_output(out: RequestOutput) -> None:
+    """Turn a choice that ended in error/abort inside the engine into the exception the client should see."""
+    if out.finish_reason == "error":
+        raise RequestFailedError(out.error or "generation failed inside the engine")
+    if out.finish_reason == "abort":
+        raise ServiceUnavailableError("the request was aborted by the server (shutting down or overloaded)",
+                                      code="request_aborted")
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int, spec: SpecStats) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "speculation": spec.as_dict(),
+    }
+
+
+@dataclass
+class UsageTally:
+    """Usage summed over prompts (prompt tokens, once each) and choices (completion tokens, speculation)."""
+
+    prompt_tokens: dict[int, int] = field(default_factory=dict)  # stream index -> prompt tokens
+    completion_tokens: int = 0
+    spec: SpecStats = field(default_factory=SpecStats)
+
+    def add(self, stream_idx: int, out: RequestOutput) -> None:
+        self.prompt_tokens[stream_idx] = out.num_prompt_tokens
+        if out.finished:
+            self.completion_tokens += out.num_output_tokens
+            self.spec.draft_tokens += out.spec.draft_tokens
+            self.spec.accepted_tokens += out.spec.accepted_tokens
+            self.spec.target_passes += out.spec.target_passes
+
+    def as_dict(self) -> dict[str, Any]:
+        return usage_dict(sum(self.prompt_tokens.values()), self.completion_tokens, self.spec)
+
+
+class EngineRun:
+    """The engine streams of one HTTP request, merged, under a deadline, aborted when the client leaves."""
+
+    def __init__(self, streams: list[Any], timeout: float, request: Request | None = None):
+        self.streams = streams
+        self.timeout = timeout
+        self.request = request
+        self._done = [False] * len(streams)
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+
+    async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Yield (stream index, output) until every stream ended; raise on deadline, disconnect or engine error."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        queue: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+
+        async def pump(i: int, stream: Any) -> None:
+            try:
+                async for out in stream:
+                    queue.put_nowait(("out", i, out))
+                queue.put_nowait(("end", i, None))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # handed to the consumer, which maps it to a response
+                queue.put_nowait(("exc", i, e))
+
+        async def watch_disconnect(request: Request) -> None:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    queue.put_nowait(("disconnect", -1, None))
+                    return
+
+        self._tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(self.streams)]
+        if self.request is not None:
+            self._tasks.append(asyncio.create_task(watch_disconnect(self.request)))
+        remaining = len(self.streams)
+        while remaining:
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                kind, i, item = await asyncio.wait_for(queue.get(), left)
+            except asyncio.TimeoutError:
+                self.close()
+                raise RequestTimeoutError(
+                    f"request exceeded the server's {self.timeout:g} s deadline (server.request_timeout)") from None
+            if kind == "out":
+                if item.finished and item.finish_reason in ("error", "abort"):
+                    self.close()
+                yield i, item
+            elif kind == "end":
+                self._done[i] = True
+                remaining -= 1
+            elif kind == "exc":
+                self._done[i] = True
+                self.close()
+                raise item
+            elif kind == "disconnect":
+                self.close()
+                raise ClientDisconnectedError()
+
+    def close(self) -> None:
+        """Abort every unfinished engine stream and stop the helper tasks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for i, stream in enumerate(self.streams):
+            if not self._done[i]:
+                try:
+                    stream.abort()
+                except Exception:  # the engine may already be gone; the slot is freed with it
+                    log.exception("abort of %s failed", getattr(stream, "request_id", "?"))
+        for t in self._tasks:
+            t.cancel()
+
+
+class Serving:
+    """Template for one endpoint: subclasses submit the request and turn outputs into a body or SSE chunks."""
+
+    endpoint = "?"
+    id_prefix = "req"
+
+    def __init__(self, state: Any):
+        self.state = state  # server.state.ServerState
+
+    # --- subclass hooks ------------------------------------------------------------------------------------------
+
+    def submit(self, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
+        """Validate `req` and add it to the engine; return the engine streams. Raise for any 4xx/5xx."""
+        raise NotImplementedError
+
+    async def collect(self, run: EngineRun, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def chunks(self, run: EngineRun, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> AsyncIterator[str]:
+        raise NotImplementedError
+
+    # --- the template --------------------------------------------------------------------------------------------
+
+    async def create(self, req: Any, request: Request) -> Response:
+        request_id = f"{self.id_prefix}-{_new_id()}"
+        rec = RequestRecord(request_id, self.endpoint, stream=bool(req.stream), n=req.n)
+        ctx: dict[str, Any] = {"id": request_id, "created": int(time.time())}
+        try:
+            streams = self.submit(req, ctx, rec)
+        except Exception as e:
+            self._fail(rec, e)
+            rec.emit()
+            raise
+        run = EngineRun(streams, self.state.settings.server.request_timeout, request)
+        headers = {"X-Request-Id": request_id}
+        if req.stream:
+            return StreamingResponse(self._sse(run, req, ctx, rec), media_type="text/event-stream",
+                                     headers={**SSE_HEADERS, **headers})
+        try:
+            body = await self.collect(run, req, ctx, rec)
+        except ClientDisconnectedError as e:
+            self._fail(rec, e)
+            return Response(status_code=499)  # nobody reads it; uvicorn drops it
+        except BaseException as e:
+            self._fail(rec, e)
+            raise
+        finally:
+            run.close()
+            rec.emit()
+        return JSONResponse(body, headers=headers)
+
+    async def _sse(self, run: EngineRun, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> AsyncIterator[str]:
+        try:
+            async for chunk in self.chunks(run, req, ctx, rec):
+                yield chunk
+        except ClientDisconnectedError as e:
+            self._fail(rec, e)
+            return
+        except (EngineError, Exception) as e:
+            self._fail(rec, e)
+            if describe(e)[0] == 500:
+                log.exception("request %s failed while streaming", rec.request_id)
+            yield sse_error_event(e)
+        except BaseException as e:  # cancelled: starlette saw the client disconnect
+            self._fail(rec, ClientDisconnectedError())
+            run.close()
+            rec.emit()
+            raise e
+        finally:
+            run.close()
+            rec.emit()
+        yield SSE_DONE
+
+    @staticmethod
+    def _fail(rec: RequestRecord, e: BaseException) -> None:
+        status, body, _ = describe(e)
+        rec.fail(status, body["error"]["message"])
+
+
+def _new_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex

@@ -1,0 +1,198 @@
+"""The server's lifecycle around one engine: loading -> ready -> draining -> stopped (or failed), plus the checks every
+endpoint makes against it (model name, server-side limits, chat template, token text)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from config.settings import Settings
+from engine.sampling.params import SamplingParams
+from server.errors import BadRequestError, ModelNotFoundError, ServiceUnavailableError
+
+log = logging.getLogger("specserve.server")
+
+
+class Phase(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ok"
+    DRAINING = "draining"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+def default_engine_factory(settings: Settings) -> Any:
+    from engine.async_engine import AsyncEngine  # imported late: loading torch/transformers is slow
+
+    return AsyncEngine.from_settings(settings)
+
+
+class ServerState:
+    """Owns the engine's lifecycle for the app: starts it, drains it, shuts it down."""
+
+    def __init__(self, settings: Settings, engine: Any = None,
+                 engine_factory: Callable[[Settings], Any] | None = None):
+        self.settings = settings
+        self.engine = engine
+        self.engine_factory = engine_factory or default_engine_factory
+        self.phase = Phase.LOADING
+        self.error: str | None = None
+        self.on_fatal: Callable[[str], None] | None = None  # the CLI sets it: a failed load ends the process
+        self._drain_task: asyncio.Task | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Build the engine in a thread (the event loop keeps answering /health 503), then start its loop."""
+        try:
+            if self.engine is None:
+                log.info("loading model %s", self.settings.model.model or "(bundled demo pair)")
+                self.engine = await asyncio.to_thread(self.engine_factory, self.settings)
+            self.engine.start()
+        except Exception as e:
+            self.phase = Phase.FAILED
+            self.error = f"{type(e).__name__}: {e}"
+            log.error("model loading failed: %s", self.error)
+            if self.on_fatal is not None:
+                self.on_fatal(self.error)
+            return
+        if self.phase is Phase.LOADING:
+            self.phase = Phase.READY
+            log.info("ready: serving %r (max_model_len=%s, vocab=%s)", self.engine.model_name,
+                     self.engine.max_model_len, self.engine.vocab_size)
+
+    async def drain(self) -> None:
+        """Stop admitting (503 from now on), let in-flight requests finish within drain_timeout, abort the rest."""
+        if self.phase in (Phase.DRAINING, Phase.STOPPED):
+            return
+        self.phase = Phase.DRAINING
+        timeout = self.settings.server.drain_timeout
+        log.info("draining: no new requests; waiting up to %gs for in-flight ones", timeout)
+        if self.engine is not None:
+            try:
+                await self.engine.drain(timeout)
+            except Exception:
+                log.exception("engine drain failed")
+        log.info("drained")
+
+    def shutdown(self) -> None:
+        self.phase = Phase.STOPPED
+        if self.engine is not None:
+            try:
+                self.engine.shutdown()
+            except Exception:
+                log.exception("engine shutdown failed")
+
+    # --- what endpoints ask --------------------------------------------------------------------------------------
+
+    def require_engine(self) -> Any:
+        if self.phase is Phase.READY:
+            return self.engine
+        if self.phase is Phase.LOADING:
+            raise ServiceUnavailableError("the model is still loading; retry shortly", code="model_loading")
+        if self.phase is Phase.DRAINING or self.phase is Phase.STOPPED:
+            raise ServiceUnavailableError("the server is shutting down and admits no new requests",
+                                          code="server_draining")
+        raise ServiceUnavailableError(f"the model failed to load: {self.error}", code="model_load_failed")
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(status, body) for GET /health: 200 only when ready and the engine reports healthy."""
+        body: dict[str, Any] = {"status": self.phase.value}
+        if self.phase is Phase.FAILED:
+            body["error"] = self.error
+        if self.engine is None or self.phase is Phase.LOADING:
+            return 503, body
+        try:
+            stats = self.engine.stats()
+        except Exception as e:  # a broken engine must not break the health check
+            return 503, {"status": "unhealthy", "error": f"{type(e).__name__}: {e}"}
+        body.update(model=self.engine.model_name, running=stats.num_running, waiting=stats.num_waiting,
+                    free_slots=stats.num_free_slots, num_slots=stats.num_slots)
+        if self.phase is Phase.READY and not stats.healthy:
+            body["status"] = "unhealthy"
+            body["error"] = stats.error
+        return (200 if body["status"] == Phase.READY.value else 503), body
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    def check_model(self, model: str) -> None:
+        if model != self.engine.model_name:
+            raise ModelNotFoundError(f"the model {model!r} does not exist; this server serves "
+                                     f"{self.engine.model_name!r}", param="model")
+
+    def check_params(self, params: SamplingParams) -> None:
+        """The server's own limits (settings.server), then the engine-independent range checks."""
+        srv = self.settings.server
+        if params.n > srv.max_n:
+            raise BadRequestError(f"n must be at most {srv.max_n} on this server, got {params.n}", param="n")
+        if len(params.stop) > srv.max_stop_strings:
+            raise BadRequestError(f"at most {srv.max_stop_strings} stop sequences are allowed, got "
+                                  f"{len(params.stop)}", param="stop")
+        if len(params.logit_bias) > srv.max_logit_bias:
+            raise BadRequestError(f"logit_bias may have at most {srv.max_logit_bias} entries, got "
+                                  f"{len(params.logit_bias)}", param="logit_bias")
+        params.validate(self.engine.vocab_size)
+
+    # --- tokenizer helpers ---------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise BadRequestError("this model's tokenizer has no chat template; use /v1/completions",
+                                  param="messages")
+        try:
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # template raised (e.g. roles must alternate)
+            raise BadRequestError(f"the chat template rejected these messages: {e}", param="messages") from None
+        # The template writes BOS itself when it wants one.
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 - one state per app, lives as long as the process
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019
+    def token_bytes(self, token_id: int) -> list[int]:
+        """The token's own bytes: exact for byte-level BPE and <0xNN> byte tokens, where a lone token may be part of
+        a multi-byte character that `decode` would turn into U+FFFD."""
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if isinstance(piece, str):
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                try:
+                    return [int(piece[3:5], 16)]
+                except ValueError:
+                    pass
+            decoder = _byte_decoder()
+            if piece and all(c in decoder for c in piece) and piece not in self.tokenizer.all_special_tokens:
+                return [decoder[c] for c in piece]
+        return list(self.token_text(token_id).encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: the printable character byte-level BPE uses for each byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
