@@ -95,7 +95,8 @@ class ServerProcess:
     def client(self, **kw) -> openai.OpenAI:
         """The official SDK, without retries (it would retry 429/5xx and hide them)."""
         kw.setdefault("timeout", 120)
-        return openai.OpenAI(base_url=self.v1, api_key=self.api_key or "unused", max_retries=0, **kw)
+        kw.setdefault("api_key", self.api_key or "unused")
+        return openai.OpenAI(base_url=self.v1, max_retries=0, **kw)
 
     def health(self) -> tuple[int, dict]:
         r = httpx.get(self.base_url + "/health", timeout=10)
