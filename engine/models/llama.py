@@ -56,6 +56,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused kernel; same math as below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.to(torch.float32)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -77,11 +79,12 @@ class Attention(nn.Module):
                 mask: torch.Tensor | None) -> torch.Tensor:
         B, S, _ = x.shape  # noqa: N806
         H, KVH, D = self.num_heads, self.num_kv_heads, self.head_dim  # noqa: N806
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k, v = q.view(B, S, H, D), k.view(B, S, KVH, D), v.view(B, S, KVH, D)  # (B, S, H|KVH, D)
+        qkv = self.qkv_proj(x).view(B, S, H + 2 * KVH, D)  # (B, S, H + 2*KVH, D)
+        qk, v = qkv[:, :, :H + KVH], qkv[:, :, H + KVH:]  # (B, S, H + KVH, D), (B, S, KVH, D)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qk = torch.cat((self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])), dim=2)
+        qk = apply_rope(qk, cos, sin)  # q and k heads rotated in one pass
+        q, k = qk[:, :, :H], qk[:, :, H:]  # (B, S, H, D), (B, S, KVH, D)
 
         # Write this chunk's K/V first, so the reads below see the chunk's own earlier tokens.
         k_layer, v_layer = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (slots, KVH, T, D)

@@ -123,40 +123,43 @@ class TorchRunner:
         ends = [p + n for p, n in zip(batch.start_pos, lens, strict=True)]
         L = max(ends)  # noqa: N806
         self._validate(batch, lens, ends)
-        dev = self.device
+        # Index tensors are built on the host (tiny, and boolean-mask assignment would sync a GPU), then moved once.
+        cpu = torch.device("cpu")
         slots = batch.slot_ids
         first = slots[0]
         contiguous = slots == list(range(first, first + B))
-        slot_ids = torch.tensor(slots, dtype=torch.long, device=dev)
-        if min(lens) == S:  # no padding: tokens as one flat tensor
-            ids = torch.tensor(list(chain.from_iterable(batch.token_ids)), dtype=torch.long, device=dev).view(B, S)
-            starts = torch.tensor(batch.start_pos, dtype=torch.long, device=dev)
-            positions = starts[:, None] + torch.arange(S, device=dev)  # (B, S)
-            valid = None
+        slot_ids = torch.tensor(slots, dtype=torch.long)
+        flat = torch.tensor(list(chain.from_iterable(batch.token_ids)), dtype=torch.long)
+        starts = torch.tensor(batch.start_pos, dtype=torch.long)
+        col = torch.arange(S)
+        if min(lens) == S:  # no padding
+            ids = flat.view(B, S)
+            positions = starts[:, None] + col  # (B, S)
         else:
-            lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
-            starts = torch.tensor(batch.start_pos, dtype=torch.long, device=dev)
-            col = torch.arange(S, device=dev)
+            lens_t = torch.tensor(lens, dtype=torch.long)
             valid = col[None, :] < lens_t[:, None]  # (B, S)
-            flat = torch.tensor(list(chain.from_iterable(batch.token_ids)), dtype=torch.long, device=dev)
-            ids = torch.zeros(B, S, dtype=torch.long, device=dev)
+            ids = torch.zeros(B, S, dtype=torch.long)
             ids[valid] = flat  # row-major order of `valid` == row order of the flat tokens
-            positions = torch.where(valid, starts[:, None] + col, self._scratch)  # (B, S)
+            positions = torch.where(valid, starts[:, None] + col, self._scratch)  # (B, S); padding -> scratch
 
         # Logits: the last num_logits[i] real tokens of row i, as indices into the flattened (B*S) tokens.
         nl = batch.num_logits
         if B == 1 and nl[0] == S:
             logits_idx = None
         elif B == 1:
-            logits_idx = torch.arange(S - nl[0], S, device=dev)
+            logits_idx = torch.arange(S - nl[0], S)
         else:
-            nl_t = torch.tensor(nl, dtype=torch.long, device=dev)
-            row_end = torch.arange(B, device=dev) * S + torch.tensor(lens, dtype=torch.long, device=dev)  # (B,)
+            nl_t = torch.tensor(nl, dtype=torch.long)
+            row_end = torch.arange(B) * S + torch.tensor(lens, dtype=torch.long)  # (B,) one past each row's last
             n_total = batch.total_logits
-            row = torch.repeat_interleave(torch.arange(B, device=dev), nl_t, output_size=n_total)  # (N,)
-            offset_from_end = torch.cumsum(nl_t, 0)[row] - torch.arange(n_total, device=dev)  # (N,) nl..1 per row
+            row = torch.repeat_interleave(torch.arange(B), nl_t, output_size=n_total)  # (N,)
+            offset_from_end = torch.cumsum(nl_t, 0)[row] - torch.arange(n_total)  # (N,) nl_i..1 within row i
             logits_idx = row_end[row] - offset_from_end
 
+        if self.device != cpu:
+            ids, positions, slot_ids = (t.to(self.device, non_blocking=True) for t in (ids, positions, slot_ids))
+            if logits_idx is not None:
+                logits_idx = logits_idx.to(self.device, non_blocking=True)
         # Every query sees all of [0, L) only when each row is one token ending at L (decode at equal positions).
         needs_mask = S > 1 or any(e != L for e in ends)
         mask = StepInputs.causal_mask(positions, L) if needs_mask else None

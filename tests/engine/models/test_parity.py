@@ -3,6 +3,8 @@ cache, and chunked prefill, for every supported architecture. Checkpoints go thr
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import transformers
@@ -12,6 +14,7 @@ from engine.runners.base import ForwardBatch
 from engine.runners.torch_runner import TorchRunner
 
 VOCAB, T, TOL = 160, 24, 1e-4
+DEVICE = os.environ.get("SPECSERVE_TEST_DEVICE", "cpu")  # "cuda" runs the same checks on a GPU
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=256, rms_norm_eps=1e-5)
 
@@ -59,7 +62,7 @@ def pair(request, tmp_path_factory):
     ids = torch.randint(0, VOCAB, (1, T), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = hf(ids).logits[0].float()  # (T, vocab)
-    return ref, ids[0].tolist(), load_model(out)
+    return ref, ids[0].tolist(), load_model(out, device=DEVICE)
 
 
 def _runner(model) -> TorchRunner:
@@ -68,7 +71,7 @@ def _runner(model) -> TorchRunner:
 
 def test_full_prefill_matches_hf(pair):
     ref, ids, model = pair
-    out = _runner(model).execute(ForwardBatch([1], [ids], [0], [T]))
+    out = _runner(model).execute(ForwardBatch([1], [ids], [0], [T])).cpu()
     assert out.dtype == torch.float32 and out.shape == (T, VOCAB)
     torch.testing.assert_close(out, ref, atol=TOL, rtol=0)
 
@@ -79,7 +82,7 @@ def test_token_by_token_decode_matches_hf(pair):
     got = [r.execute(ForwardBatch([2], [ids[:4]], [0], [1]))]
     for p in range(4, T):
         got.append(r.execute(ForwardBatch([2], [[ids[p]]], [p], [1])))
-    torch.testing.assert_close(torch.cat(got), ref[3:], atol=TOL, rtol=0)
+    torch.testing.assert_close(torch.cat(got).cpu(), ref[3:], atol=TOL, rtol=0)
 
 
 def test_chunked_prefill_matches_one_shot(pair):
@@ -90,12 +93,12 @@ def test_chunked_prefill_matches_one_shot(pair):
         got.append(r.execute(ForwardBatch([0], [ids[start:start + n]], [start], [n])))
         start += n
     assert start == T
-    torch.testing.assert_close(torch.cat(got), ref, atol=TOL, rtol=0)
+    torch.testing.assert_close(torch.cat(got).cpu(), ref, atol=TOL, rtol=0)
 
 
 def test_different_prompt_gives_different_logits(pair):
     """Guards the parity tests against comparing a tensor with itself."""
     ref, ids, model = pair
     other = [(t + 1) % VOCAB for t in ids]
-    out = _runner(model).execute(ForwardBatch([0], [other], [0], [1]))
+    out = _runner(model).execute(ForwardBatch([0], [other], [0], [1])).cpu()
     assert (out[0] - ref[-1]).abs().max() > 1e-2
