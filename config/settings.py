@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -63,6 +63,38 @@ class ServerSettings(_Section):
     request_timeout: float = Field(600.0, gt=0, description="wall-clock deadline per request in seconds")
 
 
+def _int_list(value: object) -> object:
+    """"128,512" (env var or CLI flag) -> [128, 512]; lists pass through."""
+    if isinstance(value, str):
+        return [int(x) for x in value.replace(" ", "").split(",") if x]
+    return value
+
+
+class NeuronSettings(_Section):
+    """AWS Neuron runners (neuron-tnx, neuron-nxdi); ignored by the torch backend. See docs/NEURON.md."""
+
+    tp_degree: int = Field(1, ge=1, le=128, description="NeuronCores one model is sharded over (trn1: 1, 2, 8, 16 or 32)")
+    neuron_compiled_dir: str | None = Field(None, description="directory to save compiled Neuron graphs to and reuse them from (default: compile at every start)")
+    neuron_context_buckets: list[int] | None = Field(None, description="prompt-length buckets compiled for context encoding, e.g. 128,512,2048 (default: powers of two up to max_model_len); a prompt longer than the largest is rejected")
+    neuron_token_buckets: list[int] | None = Field(None, description="KV-length buckets compiled for decode/verify, e.g. 512,2048 (default: max_model_len)")
+    neuron_k_values: list[int] | None = Field(None, description="draft lengths K compiled into verify graphs, e.g. 2,4 (default: num_speculative_tokens)")
+    neuron_fused_speculation: bool = Field(False, description="neuron-tnx only: fuse draft and target with on-device greedy sampling (needs --draft-model; greedy requests only)")
+
+    @field_validator("neuron_context_buckets", "neuron_token_buckets", "neuron_k_values", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _int_list(value)
+
+    @field_validator("neuron_context_buckets", "neuron_token_buckets", "neuron_k_values")
+    @classmethod
+    def _positive_sorted(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value or min(value) < 1:
+            raise ValueError(f"must be a non-empty list of positive integers, got {value}")
+        return sorted(set(value))
+
+
 class Settings(BaseModel):
     """All sections together. Build with `config.loader.load_settings`, which applies the source precedence."""
 
@@ -72,6 +104,7 @@ class Settings(BaseModel):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     speculation: SpeculationSettings = Field(default_factory=SpeculationSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    neuron: NeuronSettings = Field(default_factory=NeuronSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -98,4 +131,5 @@ SECTIONS: dict[str, type[_Section]] = {
     "engine": EngineSettings,
     "speculation": SpeculationSettings,
     "server": ServerSettings,
+    "neuron": NeuronSettings,
 }

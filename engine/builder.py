@@ -14,6 +14,7 @@ from engine.models.config import ModelConfig
 from engine.models.loader import resolve_model_path
 from engine.models.tokenizer import load_tokenizer
 from engine.runners.base import Runner
+from engine.runners.neuron_common import runner_extra
 from engine.runners.registry import RunnerSpec, resolve_backend
 from engine.spec import draft_model, ngram  # noqa: F401  (register proposers)
 from engine.spec.base import PROPOSERS
@@ -80,7 +81,7 @@ def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
     max_len = settings.engine.max_model_len or min(cfg.max_position_embeddings, DEFAULT_MAX_MODEL_LEN_CAP)
     backend = resolve_backend(settings.engine.backend)
     spec = RunnerSpec(max_slots=settings.engine.max_num_seqs, max_model_len=max_len,
-                      dtype=settings.model.dtype, device=settings.model.device)
+                      dtype=settings.model.dtype, device=settings.model.device, extra=runner_extra(settings))
     target = backend.build(str(target_dir), spec)
     vocab = target.info().vocab_size
     if len(tokenizer) > vocab:

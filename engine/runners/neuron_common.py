@@ -1,0 +1,377 @@
+"""What both Neuron runners share: options, bucket defaults, the compiled-graph cache, and `SlotKVRunner`, the host
+mirror of every slot's KV contents that turns a `ForwardBatch` into the static-shape calls Neuron graphs accept.
+
+Neuron graphs are compiled for fixed shapes, and the two libraries' continuous-batching contracts (transformers-neuronx
+`LlamaForSampling` with `ContinuousBatchingConfig`; NxD Inference `NeuronLlamaForCausalLM` with `is_continuous_batching`)
+share three hazards that shape this file:
+
+1. Every decode/verify call runs the whole compiled batch. A slot that the call does not list still gets a KV write:
+   transformers-neuronx fills unlisted rows with token 0 at cache position 0 (`_prepare_for_continuous_batching`
+   zero-fills `full_input_ids`/`full_cache_ids`); NxD Inference repeats the first row's inputs into the unlisted
+   `seq_ids` (`_forward_with_pad`). Either corrupts a running sequence that sat out the step.
+   -> Every call here lists every slot. A slot with no work this call re-writes the tail of what it already holds
+   (same tokens, same positions, same earlier cache: the same K/V), or, if it holds nothing (free, or a prompt still
+   being buffered), writes harmless padding that its context encoding later overwrites.
+2. Multi-token graphs are compiled per token count (transformers-neuronx `enable_speculative_decoder(n)` builds graphs
+   with `n_active_tokens=n`; NxD Inference compiles one `speculation_length`). A call whose first position is 0 is
+   routed to context encoding (tnx checks `cache_ids.flatten()[0] == 0`, NxDI `position_ids.min() == 0`).
+   -> Multi-token calls use a "window" of a compiled length m for every slot, never starting at position 0. A row with
+   n < m new tokens is left-padded with tokens the slot already holds (re-written identically) or right-padded with
+   filler at positions past its end, which are never read before a real token overwrites them (the same argument that
+   makes rejected drafts harmless). A row longer than the largest window is split into successive calls.
+3. Context encoding starts at position 0 with batch size 1 and at most the largest context bucket of tokens.
+   -> Prompt chunks from the engine's chunked prefill are buffered per slot and encoded in one call when the last chunk
+   arrives. Target prompts longer than the largest bucket are refused at admission (`check_request`); a longer
+   position-0 row (a draft model catching up on prompt + output) encodes one bucket and windows the rest.
+
+`ForwardBatch.live_slots` is not trusted for (1): the draft proposer lists only the sequences it drafts for. The runner's
+own mirror (what it wrote to each slot since the slot was last released) is the truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.errors import PromptTooLongError
+from engine.runners.base import ForwardBatch, RunnerInfo
+from engine.runners.registry import RunnerSpec
+
+log = logging.getLogger("specserve.engine")
+
+NEURON_DEVICE = "/dev/neuron0"  # the Neuron driver's first device; a container sees it only with --device=/dev/neuron0
+COMPLETE_MARKER = "specserve-complete.json"  # written after a compiled-graph directory is fully saved
+
+
+def neuron_device_missing() -> str | None:
+    """None when a Neuron device is visible, else what is missing."""
+    if os.path.exists(NEURON_DEVICE):
+        return None
+    return (f"no Neuron device ({NEURON_DEVICE} not found; run on a trn1/inf2 instance with the Neuron driver, and pass "
+            f"--device={NEURON_DEVICE} to docker run)")
+
+
+def library_missing(module: str, pip_name: str, where: str) -> str | None:
+    """None when `module` imports, else a message naming the package and where it ships."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        return f"{pip_name} is not installed ({type(e).__name__}: {e}); it ships in {where}"
+    return None
+
+
+@dataclass(frozen=True)
+class NeuronOptions:
+    """The `neuron` settings section as the runners see it (passed through `RunnerSpec.extra`)."""
+
+    tp_degree: int = 1
+    compiled_dir: str | None = None
+    context_buckets: tuple[int, ...] | None = None
+    token_buckets: tuple[int, ...] | None = None
+    k_values: tuple[int, ...] = ()
+    fused_speculation: bool = False
+    draft_model: str | None = None  # fused mode: the draft the target fuses with
+
+    @classmethod
+    def from_spec(cls, spec: RunnerSpec) -> NeuronOptions:
+        extra = dict(spec.extra)
+        known = {f for f in cls.__dataclass_fields__}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in extra.items() if k in known and v is not None}
+        return cls(**kw)
+
+
+def runner_extra(settings) -> tuple[tuple[str, object], ...]:
+    """`RunnerSpec.extra` for the Neuron runners, from `Settings` (the torch runner ignores it)."""
+    n = settings.neuron
+    k_default = settings.speculation.num_speculative_tokens
+    k_values = n.neuron_k_values or ([k_default] if k_default > 0 and settings.resolved_method != "none" else [])
+    draft = None
+    if n.neuron_fused_speculation and settings.resolved_method == "draft":
+        from engine.builder import resolve_models  # lazy: builder imports this module
+
+        draft = resolve_models(settings)[1]
+    return (
+        ("tp_degree", n.tp_degree),
+        ("compiled_dir", n.neuron_compiled_dir),
+        ("context_buckets", tuple(n.neuron_context_buckets) if n.neuron_context_buckets else None),
+        ("token_buckets", tuple(n.neuron_token_buckets) if n.neuron_token_buckets else None),
+        ("k_values", tuple(k_values)),
+        ("fused_speculation", n.neuron_fused_speculation),
+        ("draft_model", draft),
+    )
+
+
+def default_context_buckets(max_model_len: int) -> tuple[int, ...]:
+    """Powers of two from 128 up to, and ending at, max_model_len - 1 (a prompt must leave room for one token)."""
+    top = max(2, max_model_len - 1)
+    out, b = [], 128
+    while b < top:
+        out.append(b)
+        b *= 2
+    out.append(top)
+    return tuple(out)
+
+
+def resolve_buckets(opts: NeuronOptions, max_model_len: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(context buckets, token buckets), validated against max_model_len."""
+    ctx = opts.context_buckets or default_context_buckets(max_model_len)
+    tok = opts.token_buckets or (max_model_len,)
+    if max(ctx) >= max_model_len:
+        raise ValueError(f"neuron_context_buckets {list(ctx)} must stay below max_model_len ({max_model_len})")
+    if max(tok) != max_model_len:
+        raise ValueError(f"the largest neuron_token_buckets entry ({max(tok)}) must equal max_model_len "
+                         f"({max_model_len}): it is the KV length every slot is compiled with")
+    return tuple(sorted(ctx)), tuple(sorted(tok))
+
+
+def amp_for(dtype: str) -> str:
+    """RunnerSpec dtype -> the Neuron `amp` string; auto = bf16 (Neuron's native matmul type)."""
+    return {"auto": "bf16", "bfloat16": "bf16", "float16": "f16", "float32": "f32"}.get(dtype, "bf16")
+
+
+# -- compiled-graph cache --------------------------------------------------------------------------------------------
+
+
+def cache_dir_for(root: str | None, kind: str, model_path: str, key: dict) -> Path | None:
+    """A sub-directory of `root` keyed by everything that shapes the graphs (model config, batch, buckets, K, tp)."""
+    if root is None:
+        return None
+    cfg_file = Path(model_path) / "config.json"
+    payload = {"config": cfg_file.read_text() if cfg_file.is_file() else model_path, **key}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(root) / f"{kind}-{key.get('role', 'target')}-{digest}"
+
+
+def is_cache_hit(path: Path | None) -> bool:
+    return path is not None and (path / COMPLETE_MARKER).is_file()
+
+
+def mark_complete(path: Path, key: dict, seconds: float) -> None:
+    (path / COMPLETE_MARKER).write_text(json.dumps({"key": key, "compile_seconds": round(seconds, 1)}, default=str))
+
+
+def log_compile(kind: str, role: str, path: Path | None, hit: bool, seconds: float) -> None:
+    if hit:
+        log.info("%s %s: loaded compiled graphs from %s in %.1fs (cache hit)", kind, role, path, seconds)
+    elif path is not None:
+        log.info("%s %s: compiled in %.1fs (cache miss; saved to %s)", kind, role, seconds, path)
+    else:
+        log.info("%s %s: compiled in %.1fs (no --neuron-compiled-dir: not saved)", kind, role, seconds)
+
+
+# -- the slot mirror and call planner --------------------------------------------------------------------------------
+
+
+@dataclass
+class _WindowRow:
+    slot: int
+    tokens: list[int]  # tokens still to run
+    start: int  # position of tokens[0]
+    first_logit: int  # index (within the row's original tokens) of the first token that needs logits
+    out_offset: int  # where that token's logits go in the output
+    done: int = 0  # tokens of the row already run
+
+
+@dataclass
+class SlotKVRunner:
+    """Runner protocol over three backend calls a subclass provides (all slot tensors are `(max_slots,)`, slot i in
+    row i):
+
+      _context(slot, tokens) -> (V,) float32 logits of the last token; tokens at positions 0..n-1, 2 <= n <= max bucket
+      _decode(ids (B, 1), pos (B, 1), slots (B,)) -> (B, V)
+      _window(ids (B, m), pos (B, m), slots (B,)) -> (B, m, V); m in `window_lengths`, every position >= 1
+    """
+
+    vocab_size: int
+    max_slots: int
+    max_model_len: int
+    context_buckets: tuple[int, ...]
+    window_lengths: tuple[int, ...]  # token counts with a compiled graph; always includes 1 (decode)
+    allowed_k: tuple[int, ...]
+    backend: str
+    dtype: str
+    history: list[list[int]] = field(init=False)  # tokens the device cache holds for each slot, positions 0..h-1
+    pending: list[list[int]] = field(init=False)  # prompt chunks buffered until the last one arrives
+    calls: dict[str, int] = field(init=False)  # backend calls by kind (for tests and logs)
+
+    def __post_init__(self) -> None:
+        self.window_lengths = tuple(sorted(set(self.window_lengths) | {1}))
+        if self.window_lengths[-1] + 1 >= self.max_model_len:
+            raise ValueError(f"window length {self.window_lengths[-1]} does not fit max_model_len {self.max_model_len}")
+        self.history = [[] for _ in range(self.max_slots)]
+        self.pending = [[] for _ in range(self.max_slots)]
+        self.calls = {"context": 0, "decode": 0, "window": 0}
+
+    @property
+    def max_context(self) -> int:
+        return self.context_buckets[-1]
+
+    # -- protocol --------------------------------------------------------------------------------------------------
+
+    def info(self) -> RunnerInfo:
+        return RunnerInfo(vocab_size=self.vocab_size, max_slots=self.max_slots, max_model_len=self.max_model_len,
+                          allowed_k=self.allowed_k, max_chunk_tokens=self.max_context, device="neuron",
+                          dtype=self.dtype, backend=self.backend, buckets=self.context_buckets)
+
+    def check_request(self, prompt_ids, params) -> None:
+        """Admission check the engine can call before enqueueing: the prompt must fit one context-encoding graph."""
+        n = len(prompt_ids)
+        if n > self.max_context:
+            raise PromptTooLongError(
+                f"the prompt has {n} tokens but the largest compiled context bucket is {self.max_context} tokens; "
+                "shorten the prompt or restart the server with a larger --neuron-context-buckets entry",
+                param="messages")
+
+    def check_params(self, params) -> None:
+        """Sampling limits of this runner (none unless a subclass runs sampling on device)."""
+
+    def release_slot(self, slot: int) -> None:
+        self.history[slot] = []
+        self.pending[slot] = []
+
+    def warmup(self) -> None:
+        """One context encoding, one decode and one call per window length on slot 0; the mirror is reset after."""
+        n = min(16, self.max_context)
+        self.execute(ForwardBatch([0], [[0] * n], [0], [1]))
+        for m in self.window_lengths:
+            self.execute(ForwardBatch([0], [[0] * m], [n], [m]))
+            n += m
+        self.release_slot(0)
+
+    def execute(self, batch: ForwardBatch) -> torch.Tensor:
+        self._validate(batch)
+        out = torch.empty(batch.total_logits, self.vocab_size, dtype=torch.float32)
+        offsets = [0]
+        for nl in batch.num_logits:
+            offsets.append(offsets[-1] + nl)
+        first_pos: list[_WindowRow] = []  # one-token rows at position 0: decode calls of their own
+        rows: list[_WindowRow] = []
+        for i, (slot, toks, start, nl) in enumerate(
+                zip(batch.slot_ids, batch.token_ids, batch.start_pos, batch.num_logits, strict=True)):
+            if start == 0 or self.pending[slot]:
+                row = self._prefill(slot, toks, start, nl, offsets[i], out)
+                if row is not None:
+                    (first_pos if row.start == 0 else rows).append(row)
+                continue
+            if start > len(self.history[slot]):
+                raise ValueError(f"slot {slot}: row starts at position {start} but the slot holds only "
+                                 f"{len(self.history[slot])} positions")
+            rows.append(_WindowRow(slot, list(toks), start, len(toks) - nl, offsets[i]))
+        for row in first_pos:
+            self._run_windows([row], out)
+        if rows:
+            self._run_windows(rows, out)
+        return out
+
+    # -- planning --------------------------------------------------------------------------------------------------
+
+    def _prefill(self, slot: int, toks: list[int], start: int, nl: int, offset: int,
+                 out: torch.Tensor) -> _WindowRow | None:
+        """Buffer a prompt chunk; on the last chunk run context encoding. Returns a leftover row to window, if any."""
+        if start == 0:
+            self.pending[slot], self.history[slot] = [], []
+        elif start != len(self.pending[slot]):
+            raise ValueError(f"slot {slot}: prompt chunk starts at {start}, expected {len(self.pending[slot])}")
+        self.pending[slot].extend(toks)
+        if nl == 0:
+            return None
+        prompt, self.pending[slot] = self.pending[slot], []
+        n = len(prompt)
+        first_logit = n - nl
+        n_ctx = min(first_logit + 1, self.max_context)
+        if n_ctx == 1:  # one token at position 0: tnx/NxDI route a single token to the decode graph
+            return _WindowRow(slot, prompt, 0, first_logit, offset)
+        logits = self._context(slot, prompt[:n_ctx])
+        self.calls["context"] += 1
+        self.history[slot] = prompt[:n_ctx]
+        if n_ctx - 1 == first_logit:
+            out[offset] = logits
+            offset += 1
+        rest = prompt[n_ctx:]
+        if not rest:
+            return None
+        return _WindowRow(slot, rest, n_ctx, max(0, first_logit - n_ctx), offset)
+
+    def _run_windows(self, rows: list[_WindowRow], out: torch.Tensor) -> None:
+        by_slot = {r.slot: r for r in rows}
+        while by_slot:
+            need = max(len(r.tokens) for r in by_slot.values())
+            m = next((w for w in self.window_lengths if w >= need), self.window_lengths[-1])
+            if any(r.start == 0 for r in by_slot.values()):
+                m = 1  # only the decode graph may run position 0
+            B = self.max_slots  # noqa: N806
+            ids = torch.zeros(B, m, dtype=torch.long)
+            pos = torch.zeros(B, m, dtype=torch.long)
+            cols: dict[int, int] = {}  # slot -> window column of the row's first new token
+            for slot in range(B):
+                hist = self.history[slot]
+                row = by_slot.get(slot)
+                if row is not None:
+                    take = row.tokens[:m]
+                    del hist[row.start:]
+                    hist.extend(take)
+                end = len(hist)
+                w = max(0, end - 1) if m == 1 else max(1, end - m)
+                window = hist[w:end]
+                ids[slot, :len(window)] = torch.tensor(window, dtype=torch.long) if window else 0
+                pos[slot] = torch.arange(w, w + m)
+                if row is not None:
+                    cols[slot] = row.start - w
+            slots = torch.arange(B, dtype=torch.long)
+            if m == 1:
+                logits = self._decode(ids, pos, slots).unsqueeze(1)  # (B, 1, V)
+                self.calls["decode"] += 1
+            else:
+                logits = self._window(ids, pos, slots)  # (B, m, V)
+                self.calls["window"] += 1
+            for slot, col in cols.items():
+                row = by_slot[slot]
+                n = min(m, len(row.tokens))
+                for j in range(n):
+                    g = row.done + j
+                    if g >= row.first_logit:
+                        out[row.out_offset + g - row.first_logit] = logits[slot, col + j]
+                row.tokens = row.tokens[n:]
+                row.start += n
+                row.done += n
+                if not row.tokens:
+                    del by_slot[slot]
+
+    def _validate(self, batch: ForwardBatch) -> None:
+        if len(set(batch.slot_ids)) != len(batch.slot_ids):
+            raise ValueError(f"rows must name distinct slots, got {batch.slot_ids}")
+        for slot, toks, start, nl in zip(batch.slot_ids, batch.token_ids, batch.start_pos, batch.num_logits, strict=True):
+            if not 0 <= slot < self.max_slots:
+                raise ValueError(f"slot {slot} outside [0, {self.max_slots})")
+            if not toks or start < 0 or start + len(toks) > self.max_model_len:
+                raise ValueError(f"slot {slot}: positions {start}..{start + len(toks) - 1} outside "
+                                 f"[0, {self.max_model_len})")
+            if not 0 <= nl <= len(toks):
+                raise ValueError(f"slot {slot}: num_logits {nl} outside [0, {len(toks)}]")
+
+    # -- backend calls ---------------------------------------------------------------------------------------------
+
+    def _context(self, slot: int, tokens: list[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _window(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def timed(fn):
+    """Run fn(); return (result, seconds)."""
+    t0 = time.monotonic()
+    result = fn()
+    return result, time.monotonic() - t0
