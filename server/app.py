@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,7 +29,6 @@ def create_app(settings: Settings, engine: Any = None,
     `AsyncEngine.from_settings`) runs in a thread at startup. Either way the app starts the engine's loop at startup
     and shuts it down at exit."""
     state = ServerState(settings, engine=engine, engine_factory=engine_factory)
-    state.started_at = int(time.time())
     state.chat = ChatServing(state)
     state.completions = CompletionServing(state)
 

@@ -3,6 +3,9 @@
 Fields: id, endpoint, status (499 = the client disconnected), stream, n, prompt_tokens, completion_tokens, ttft_ms,
 duration_ms, draft_tokens, accepted_tokens, acceptance (accepted/draft), finish_reason, error. The prompt text is
 logged only with `server.log_prompts`.
+
+Listeners (`ServerState.listeners`, e.g. a Prometheus exporter) get `on_output(record, output)` for every engine
+output the server consumes and `on_finish(record)` once, with the final status, when the request is over.
 """
 
 from __future__ import annotations
@@ -34,10 +37,17 @@ class RequestRecord:
     finish_reasons: list[str] = field(default_factory=list)
     error: str | None = None
     prompt: Any = None  # set only when log_prompts is on
+    listeners: list[Any] = field(default_factory=list, repr=False)  # see ServerState.listeners
     _emitted: bool = False
 
     def observe(self, out: RequestOutput) -> None:
         """Note one engine output (any choice)."""
+        for listener in self.listeners:
+            if hasattr(listener, "on_output"):
+                try:
+                    listener.on_output(self, out)
+                except Exception:  # a metrics bug must not break a response
+                    log.exception("request listener failed")
         if self.first_token is None and out.token_ids:
             self.first_token = time.monotonic()
         if out.finished:
@@ -81,3 +91,9 @@ class RequestRecord:
             return
         self._emitted = True
         log.info(json.dumps(self.as_dict(), ensure_ascii=False))
+        for listener in self.listeners:
+            if hasattr(listener, "on_finish"):
+                try:
+                    listener.on_finish(self)
+                except Exception:  # a metrics bug must not break a response
+                    log.exception("request listener failed")

@@ -15,14 +15,15 @@ class ChatServing(Serving):
     endpoint = "chat"
     id_prefix = "chatcmpl"
 
-    def submit(self, req: ChatCompletionRequest, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
+    async def submit(self, req: ChatCompletionRequest, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
         engine = self.state.require_engine()
         self.state.check_model(req.model)
         req.check_supported()
         params = req.to_sampling_params()
         self.state.check_params(params)
         messages = req.chat_messages()
-        prompt_ids = self.state.render_chat(messages)
+        prompt_ids = await self.state.off_loop(self.state.render_chat, messages,
+                                               size=sum(len(m["content"]) for m in messages))
         rec.prompt_tokens = len(prompt_ids)
         if self.state.settings.server.log_prompts:
             rec.prompt = messages

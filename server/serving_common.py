@@ -173,7 +173,7 @@ class Serving:
 
     # --- subclass hooks ------------------------------------------------------------------------------------------
 
-    def submit(self, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
+    async def submit(self, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
         """Validate `req` and add it to the engine; return the engine streams. Raise for any 4xx/5xx."""
         raise NotImplementedError
 
@@ -187,10 +187,11 @@ class Serving:
 
     async def create(self, req: Any, request: Request) -> Response:
         request_id = f"{self.id_prefix}-{_new_id()}"
-        rec = RequestRecord(request_id, self.endpoint, stream=bool(req.stream), n=req.n)
+        rec = RequestRecord(request_id, self.endpoint, stream=bool(req.stream), n=req.n,
+                            listeners=self.state.listeners)
         ctx: dict[str, Any] = {"id": request_id, "created": int(time.time())}
         try:
-            streams = self.submit(req, ctx, rec)
+            streams = await self.submit(req, ctx, rec)
         except Exception as e:
             self._fail(rec, e)
             rec.emit()

@@ -17,7 +17,7 @@ class CompletionServing(Serving):
     endpoint = "completions"
     id_prefix = "cmpl"
 
-    def submit(self, req: CompletionRequest, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
+    async def submit(self, req: CompletionRequest, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
         engine = self.state.require_engine()
         self.state.check_model(req.model)
         req.check_supported()
@@ -30,14 +30,15 @@ class CompletionServing(Serving):
         ids_list, texts = [], []
         for j, p in enumerate(prompts):
             if isinstance(p, str):
-                ids = self.state.encode(p)
+                ids = await self.state.off_loop(self.state.encode, p, size=len(p))
                 text = p
             else:
                 bad = [t for t in p if not 0 <= t < engine.vocab_size]
                 if bad:
                     raise BadRequestError(f"prompt token id {bad[0]} is not in the vocabulary "
                                           f"(0..{engine.vocab_size - 1})", param="prompt")
-                ids, text = list(p), (self.state.decode(list(p)) if req.echo else "")
+                ids = list(p)
+                text = await self.state.off_loop(self.state.decode, ids, size=len(ids)) if req.echo else ""
             if not ids:
                 raise BadRequestError(f"prompt {j} is empty", param="prompt")
             ids_list.append(ids)

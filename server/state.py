@@ -7,6 +7,7 @@ import asyncio
 import enum
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ from engine.sampling.params import SamplingParams
 from server.errors import BadRequestError, ModelNotFoundError, ServiceUnavailableError
 
 log = logging.getLogger("specserve.server")
+
+OFF_LOOP_CHARS = 8192  # prompts longer than this are tokenized in a worker thread
 
 
 class Phase(str, enum.Enum):
@@ -42,7 +45,11 @@ class ServerState:
         self.phase = Phase.LOADING
         self.error: str | None = None
         self.on_fatal: Callable[[str], None] | None = None  # the CLI sets it: a failed load ends the process
-        self._drain_task: asyncio.Task | None = None
+        self.started_at = int(time.time())
+        # Objects with on_output(record, output) and/or on_finish(record), told about every request (metrics).
+        self.listeners: list[Any] = []
+        self.chat: Any = None  # server.serving_chat.ChatServing, set by create_app
+        self.completions: Any = None  # server.serving_completions.CompletionServing
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -140,6 +147,13 @@ class ServerState:
         params.validate(self.engine.vocab_size)
 
     # --- tokenizer helpers ---------------------------------------------------------------------------------------
+
+    async def off_loop(self, fn: Callable[..., Any], *args: Any, size: int) -> Any:
+        """Run a tokenizer call inline when small, in a thread when large, so a 2 MB prompt does not stall the
+        event loop (and every other stream) while it is tokenized."""
+        if size > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
 
     @property
     def tokenizer(self) -> Any:

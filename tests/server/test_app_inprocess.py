@@ -232,3 +232,33 @@ def test_log_prompts_includes_prompt_only_when_enabled(caplog):
     assert "secret-prompt" not in caplog.text and '"status": 200' in caplog.text
     run(go(True))
     assert "secret-prompt" in caplog.text
+
+
+def test_listeners_see_outputs_and_final_status():
+    class Listener:
+        def __init__(self):
+            self.outputs, self.finished = 0, []
+
+        def on_output(self, rec, out):
+            self.outputs += 1
+
+        def on_finish(self, rec):
+            self.finished.append((rec.endpoint, rec.status, rec.completion_tokens))
+
+    class Broken:
+        def on_output(self, rec, out):
+            raise RuntimeError("metrics bug")
+
+        def on_finish(self, rec):
+            raise RuntimeError("metrics bug")
+
+    async def go():
+        async with serve(FakeEngine()) as (app, c):
+            listener = Listener()
+            app.state.specserve.listeners += [listener, Broken()]
+            assert (await c.post("/v1/chat/completions", json=CHAT)).status_code == 200
+            assert (await c.post("/v1/chat/completions", json={**CHAT, "n": 99})).status_code == 400
+            assert listener.outputs == 3
+            assert listener.finished == [("chat", 200, 3), ("chat", 400, 0)]
+
+    run(go())
