@@ -49,6 +49,10 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> set[str]:
             elif typing.get_origin(ann) is Literal:
                 kwargs["choices"] = list(typing.get_args(ann))
                 help_text += f" (default: {default})"
+            elif typing.get_origin(ann) is list:
+                kwargs["metavar"] = "N,N,..."  # the settings model splits comma-separated lists
+                if default is not None:
+                    help_text += f" (default: {default})"
             else:
                 kwargs["type"] = ann if ann in (int, float, str) else str
                 kwargs["metavar"] = {int: "N", float: "X"}.get(ann, name.upper())

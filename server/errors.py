@@ -35,6 +35,7 @@ from engine.errors import (
     RequestFailedError,
     RunnerError,
 )
+from server.request_log import RequestRecord
 
 log = logging.getLogger("specserve.server")
 
@@ -163,15 +164,29 @@ def validation_error_from_pydantic(e: ValidationError | RequestValidationError) 
     return BadRequestError(f"{param}: {msg}{more}" if param else f"{msg}{more}", param=param)
 
 
+def _log_unserved(request: Request, exc: BaseException) -> None:
+    """A /v1 request refused before it reached an endpoint's serving code (auth, body, JSON) still gets its line."""
+    if not request.url.path.startswith("/v1/") or getattr(request.state, "specserve_logged", False):
+        return
+    state = getattr(request.app.state, "specserve", None)
+    status, body, _ = describe(exc)
+    rec = RequestRecord("-", request.url.path, listeners=list(getattr(state, "listeners", [])))
+    rec.fail(status, body["error"]["message"])
+    rec.emit()
+
+
 def install_handlers(app: FastAPI) -> None:
     """Route every failure through `describe` so all errors share OpenAI's shape."""
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+        _log_unserved(request, exc)
         return error_response(exc)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(validation_error_from_pydantic(exc))
+        err = validation_error_from_pydantic(exc)
+        _log_unserved(request, err)
+        return error_response(err)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -187,6 +202,7 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
+        _log_unserved(request, exc)
         return error_response(exc)
 
     app.add_exception_handler(APIError, on_api_error)

@@ -186,6 +186,7 @@ class Serving:
     # --- the template --------------------------------------------------------------------------------------------
 
     async def create(self, req: Any, request: Request) -> Response:
+        request.state.specserve_logged = True  # this request's line is written here, not by the error handlers
         request_id = f"{self.id_prefix}-{_new_id()}"
         rec = RequestRecord(request_id, self.endpoint, stream=bool(req.stream), n=req.n,
                             listeners=self.state.listeners)

@@ -262,3 +262,16 @@ def test_listeners_see_outputs_and_final_status():
             assert listener.finished == [("chat", 200, 3), ("chat", 400, 0)]
 
     run(go())
+
+
+def test_requests_refused_before_serving_are_logged_once(caplog):
+    async def go():
+        async with serve(FakeEngine(), api_key="k") as (_, c):
+            await c.post("/v1/chat/completions", json=CHAT)  # 401
+            await c.post("/v1/chat/completions", content=b"{oops", headers={"Authorization": "Bearer k"})  # 400
+            await c.post("/v1/chat/completions", json={**CHAT, "model": "x"}, headers={"Authorization": "Bearer k"})
+
+    caplog.set_level("INFO", logger="specserve.requests")
+    run(go())
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "specserve.requests"]
+    assert [x["status"] for x in lines] == [401, 400, 404]

@@ -45,6 +45,12 @@ def test_only_given_flags_are_passed():
     assert given(["--no-log-prompts"]) == {"log_prompts": False}
 
 
+def test_list_settings_take_comma_separated_values():
+    g = given(["--neuron-context-buckets", "512,128"]) if "neuron" in SECTIONS else {}
+    if g:
+        assert load_settings(g, environ={}).neuron.neuron_context_buckets == [128, 512]
+
+
 def test_choices_are_enforced():
     with pytest.raises(SystemExit) as e:
         serve_parser().parse_args(["--speculative-method", "magic"])
