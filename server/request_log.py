@@ -30,15 +30,15 @@ class RequestRecord:
     start: float = field(default_factory=time.monotonic)
     status: int = 200
     prompt_tokens: int = 0
-    completion_tokens: int = 0
-    draft_tokens: int = 0
-    accepted_tokens: int = 0
     first_token: float | None = None
     finish_reasons: list[str] = field(default_factory=list)
     error: str | None = None
     prompt: Any = None  # set only when log_prompts is on
     listeners: list[Any] = field(default_factory=list, repr=False)  # see ServerState.listeners
     _emitted: bool = False
+    # (engine request id, choice index) -> latest cumulative (output tokens, draft tokens, accepted tokens); counts
+    # what was generated also when a choice never finished (disconnect, deadline).
+    _choices: dict[tuple[str, int], tuple[int, int, int]] = field(default_factory=dict, repr=False)
 
     def observe(self, out: RequestOutput) -> None:
         """Note one engine output (any choice)."""
@@ -50,12 +50,22 @@ class RequestRecord:
                     log.exception("request listener failed")
         if self.first_token is None and out.token_ids:
             self.first_token = time.monotonic()
-        if out.finished:
-            self.completion_tokens += out.num_output_tokens
-            self.draft_tokens += out.spec.draft_tokens
-            self.accepted_tokens += out.spec.accepted_tokens
-            if out.finish_reason:
-                self.finish_reasons.append(out.finish_reason)
+        self._choices[(out.request_id, out.index)] = (out.num_output_tokens, out.spec.draft_tokens,
+                                                       out.spec.accepted_tokens)
+        if out.finished and out.finish_reason:
+            self.finish_reasons.append(out.finish_reason)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c[0] for c in self._choices.values())
+
+    @property
+    def draft_tokens(self) -> int:
+        return sum(c[1] for c in self._choices.values())
+
+    @property
+    def accepted_tokens(self) -> int:
+        return sum(c[2] for c in self._choices.values())
 
     def fail(self, status: int, message: str) -> None:
         self.status = status
