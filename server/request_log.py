@@ -95,6 +95,10 @@ class RequestRecord:
             d["prompt"] = self.prompt
         return d
 
+    @property
+    def emitted(self) -> bool:
+        return self._emitted
+
     def emit(self) -> None:
         """Write the line once (later calls do nothing)."""
         if self._emitted:

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from engine.errors import EngineError, RequestFailedError
+from engine.errors import RequestFailedError
 from engine.outputs import RequestOutput, SpecStats
 from server.errors import (
     ClientDisconnectedError,
@@ -200,8 +200,8 @@ class Serving:
         run = EngineRun(streams, self.state.settings.server.request_timeout, request)
         headers = {"X-Request-Id": request_id}
         if req.stream:
-            return StreamingResponse(self._sse(run, req, ctx, rec), media_type="text/event-stream",
-                                     headers={**SSE_HEADERS, **headers})
+            return _EngineStreamingResponse(self._sse(run, req, ctx, rec), run, rec, media_type="text/event-stream",
+                                            headers={**SSE_HEADERS, **headers})
         try:
             body = await self.collect(run, req, ctx, rec)
         except ClientDisconnectedError as e:
@@ -222,7 +222,7 @@ class Serving:
         except ClientDisconnectedError as e:
             self._fail(rec, e)
             return
-        except (EngineError, Exception) as e:
+        except Exception as e:
             self._fail(rec, e)
             if describe(e)[0] == 500:
                 log.exception("request %s failed while streaming", rec.request_id)
@@ -241,6 +241,25 @@ class Serving:
     def _fail(rec: RequestRecord, e: BaseException) -> None:
         status, body, _ = describe(e)
         rec.fail(status, body["error"]["message"])
+
+
+class _EngineStreamingResponse(StreamingResponse):
+    """Closes the engine run however the response ends, also when the body generator never started (the client
+    left before the first byte), so no engine request outlives its connection."""
+
+    def __init__(self, content: AsyncIterator[str], run: EngineRun, rec: RequestRecord, **kw: Any):
+        super().__init__(content, **kw)
+        self._run = run
+        self._rec = rec
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._run.close()
+            if not self._rec.emitted:
+                self._rec.fail(499, "client disconnected")
+                self._rec.emit()
 
 
 def _new_id() -> str:
