@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from engine.errors import EngineError
 from engine.outputs import TokenLogprob
 from server.errors import BadRequestError
 from server.protocol import CompletionRequest
@@ -54,9 +55,11 @@ class CompletionServing(Serving):
             for j, ids in enumerate(ids_list):
                 rid = ctx["id"] if len(ids_list) == 1 else f"{ctx['id']}-{j}"
                 streams.append(engine.add_request(ids, params, request_id=rid))
-        except Exception:
+        except Exception as e:
             for s in streams:  # all or nothing: a later prompt was refused (queue full ...)
                 s.abort()
+            if isinstance(e, EngineError) and e.param == "messages":
+                e.param = "prompt"  # the engine names the chat field; this endpoint's is `prompt`
             raise
         return streams
 
