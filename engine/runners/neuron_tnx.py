@@ -149,8 +149,10 @@ class TnxRunner(SlotKVRunner):
                 zip(batch.slot_ids, batch.token_ids, batch.start_pos, batch.num_logits, strict=True)):
             if start == 0 or self.pending[slot]:
                 row = self._prefill(slot, toks, start, nl, offset, out)
-                if row is not None:
-                    raise ValueError("fused speculation: a prompt must fit one context bucket and hold 2+ tokens")
+                if row is not None and row.start == 0 and len(row.tokens) == 1:
+                    decode.append((i, offset))  # a one-token prompt is a fused decode at position 0
+                elif row is not None:
+                    raise ValueError("fused speculation: a prompt must fit the largest context bucket")
             elif len(toks) != 1:
                 raise ValueError("fused speculation verifies on the device: rows carry one token "
                                  "(the engine's own speculation must be off, allowed_k = (0,))")
