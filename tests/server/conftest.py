@@ -1,5 +1,5 @@
-"""Fixtures: one tiny target/draft pair per session, one main server per session (speculation with the draft model,
-an API key, small limits so the limit errors are cheap to trigger)."""
+"""Fixtures: one tiny target/draft pair per session, one main server per session (speculation with the draft model
+at a static K, an API key, small limits so the limit errors are cheap to trigger)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
 def server(tiny_pair):
     target, draft = tiny_pair
     proc = ServerProcess(
-        "--model", target, "--draft-model", draft, "--speculative-method", "draft", "--served-model-name", MODEL,
+        # static K: speculation stats are never zero because the adaptive policy judged drafting not worth it
+        "--model", target, "--draft-model", draft, "--speculative-method", "draft", "--speculative-policy", "static",
+        "--served-model-name", MODEL,
         "--dtype", "float32", "--max-num-seqs", "4", "--max-n", "4", "--max-body-bytes", "65536",
         "--max-model-len", LONG_LEN, api_key=API_KEY,
     ).start()
