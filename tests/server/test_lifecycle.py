@@ -157,7 +157,7 @@ def test_request_deadline_streaming_sends_error_event(small_server):
 
 def test_sigterm_drains_then_exits_0(tiny_pair):
     target, _ = tiny_pair
-    proc = ServerProcess("--model", target, "--speculative-method", "none", "--served-model-name", MODEL,
+    proc = ServerProcess("--model", target, "--speculative-method", "ngram", "--served-model-name", MODEL,
                          "--dtype", "float32", "--max-num-seqs", "2", "--max-model-len", "8192",
                          "--drain-timeout", "4", api_key=API_KEY).start()
     try:
