@@ -23,7 +23,13 @@ class CompletionServing(Serving):
         self.state.check_model(req.model)
         req.check_supported()
         params = req.to_sampling_params()
-        self.state.check_params(params)
+        try:
+            self.state.check_params(params)
+        except EngineError as e:
+            if e.param == "top_logprobs":  # SamplingParams names the chat field; here it is `logprobs`
+                e.param = "logprobs"
+                e.message = e.message.replace("top_logprobs", "logprobs")
+            raise
         prompts = req.prompts()
         if len(prompts) * params.n > self.state.settings.server.max_n * 8:
             raise BadRequestError(f"too many completions in one request ({len(prompts)} prompts x n={params.n})",

@@ -67,6 +67,7 @@ BAD_REQUESTS = [
     ("/completions", comp(prompt=[999999]), "prompt", "vocabulary"),
     ("/completions", comp(echo=True, logprobs=1), "echo", None),
     ("/completions", comp(presence_penalty=3), "presence_penalty", None),
+    ("/completions", comp(logprobs=50), "logprobs", "logprobs"),
     ("/completions", comp(prompt="x " * 5000), "prompt", "4096"),  # prompt too long names the limit
     ("/completions", comp(max_tokens=5000), "max_tokens", "4096"),
     ("/chat/completions", chat(messages=[{"role": "user", "content": "x " * 5000}]), "messages", "4096"),
