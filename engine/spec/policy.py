@@ -115,7 +115,7 @@ class AdaptivePolicy:
             # A sequence's own best k at this step's marginal cost per draft position (relative to a decode step).
             if base and cost_k and len(seqs) > 1:
                 c = max(0.0, (cost_k - base) / (k * base))
-                own = max(range(k + 1), key=lambda j: expected_tokens(a, j) / (1.0 + c * j))
+                own = max((j for j in self.ks if j <= k), key=lambda j: expected_tokens(a, j) / (1.0 + c * j))
                 out.append(own if own > 0 else 0)
             else:
                 out.append(k)

@@ -1,0 +1,74 @@
+"""The speculation policy in isolation (no model): synthetic step costs and acceptance."""
+
+from __future__ import annotations
+
+from engine.sampling.params import SamplingParams
+from engine.sequence import Sequence
+from engine.spec.policy import AdaptivePolicy, StaticPolicy, expected_tokens
+from engine.stats import StepRecord
+
+
+def seqs(n: int, acceptance: float | None = None, speculative: bool = True) -> list[Sequence]:
+    out = []
+    for i in range(n):
+        s = Sequence(f"r{i}-0", f"r{i}", 0, [1, 2, 3], SamplingParams(speculative=speculative), 100, frozenset())
+        s.acceptance_estimate = acceptance
+        out.append(s)
+    return out
+
+
+def drive(policy, batch: list[Sequence], acceptance: float, steps: int, cost=lambda b, k: 0.010 * (1 + 0.1 * k)):
+    """Run the policy against a simulated engine: step time `cost(batch, k)`, each draft accepted w.p. `acceptance`
+    (expected value), per-sequence estimates updated as the engine does."""
+    ks = []
+    for _ in range(steps):
+        k_per_seq = policy.choose_k(batch, budget=10_000)
+        k = max(k_per_seq)
+        accepted = [round(acceptance * kk) for kk in k_per_seq]
+        for s, kk, a in zip(batch, k_per_seq, accepted):
+            if kk:
+                s.acceptance_estimate = a / kk if s.acceptance_estimate is None else 0.7 * s.acceptance_estimate + 0.3 * a / kk
+        policy.observe(StepRecord(len(batch), 0, k_per_seq, accepted, sum(accepted) + len(batch), cost(len(batch), k)))
+        ks.append(k)
+    return ks
+
+
+def test_expected_tokens():
+    assert expected_tokens(0.0, 4) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    assert abs(expected_tokens(0.5, 2) - 1.75) < 1e-12
+
+
+def test_zero_acceptance_settles_on_k0():
+    policy = AdaptivePolicy(k_max=4, reprobe_every=10_000)
+    ks = drive(policy, seqs(1), acceptance=0.0, steps=60)
+    assert ks[-20:] == [0] * 20
+
+
+def test_full_acceptance_at_batch_1_speculates():
+    policy = AdaptivePolicy(k_max=4)
+    ks = drive(policy, seqs(1), acceptance=1.0, steps=60)
+    assert min(ks[-20:]) >= 3
+
+
+def test_large_batch_compute_bound_turns_speculation_off():
+    # Verify cost grows ~linearly with tokens at batch 64 (compute-bound): drafting does not pay at a = 0.5.
+    policy = AdaptivePolicy(k_max=4, reprobe_every=10_000)
+    ks = drive(policy, seqs(64, acceptance=0.5), acceptance=0.5, steps=80, cost=lambda b, k: 0.01 * (1 + k) * 1.1)
+    assert ks[-20:] == [0] * 20
+
+
+def test_reprobes_after_a_long_k0_stretch():
+    policy = AdaptivePolicy(k_max=4, reprobe_every=10)
+    ks = drive(policy, seqs(1), acceptance=0.0, steps=100)
+    assert any(k > 0 for k in ks[-30:])
+
+
+def test_requests_that_opt_out_get_no_drafts_and_allowed_k_is_respected():
+    policy = AdaptivePolicy(k_max=4, allowed_k=(0, 2))
+    batch = seqs(2, acceptance=1.0) + seqs(1, acceptance=1.0, speculative=False)
+    for _ in range(30):
+        ks = policy.choose_k(batch, 1000)
+        assert ks[2] == 0 and set(ks) <= {0, 2}
+        policy.observe(StepRecord(3, 0, ks, ks, sum(ks) + 3, 0.01))
+    assert StaticPolicy(4, allowed_k=(0, 3)).choose_k(batch, 100) == [3, 3, 0]
