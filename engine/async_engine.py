@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.engine import LLMEngine
@@ -86,6 +87,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._draining = False
         self._fatal: str | None = None
+        self._listeners: list[Callable[[list[RequestOutput]], None]] = []
 
     @classmethod
     def from_settings(cls, settings) -> AsyncEngine:
@@ -149,6 +151,16 @@ class AsyncEngine:
             self._aborts.append(request_id)
         self._wake.set()
 
+    def add_output_listener(self, fn: Callable[[list[RequestOutput]], None]) -> None:
+        """Call `fn(outputs)` on the engine thread with every batch of outputs (metrics, request logs). It must be
+        quick and must not raise; exceptions are logged and ignored."""
+        self._listeners.append(fn)
+
+    @property
+    def counters(self):
+        """Engine totals since start (`engine.stats.EngineCounters`); read-only for scrapers."""
+        return self.engine.counters
+
     def stats(self) -> EngineStats:
         e = self.engine
         err = self._fatal or e.counters.last_runner_error
@@ -180,6 +192,11 @@ class AsyncEngine:
         self._dispatch(outs)
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for fn in self._listeners:
+            try:
+                fn(outputs)
+            except Exception:
+                log.exception("output listener failed")
         by_request: dict[str, list[RequestOutput]] = {}
         for out in outputs:
             by_request.setdefault(out.request_id, []).append(out)
