@@ -90,14 +90,15 @@ def test_queue_full_429(small_server):
     body = {"model": MODEL, "prompt": "def add", "max_tokens": 4000, "stream": True, **LONG}
     results: list[tuple[int, dict[str, str], str]] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(5)
+    start, answered = threading.Barrier(5), threading.Barrier(5)
 
     def one():
-        barrier.wait()
+        start.wait()
         with httpx.stream("POST", small_server.v1 + "/completions", json=body, timeout=60) as r:
             first = next(_stream_lines(r), "") if r.status_code == 200 else r.read().decode()
             with lock:
                 results.append((r.status_code, dict(r.headers), first))
+            answered.wait(30)  # hold admitted streams open: closing one would free its place for a late request
 
     threads = [threading.Thread(target=one) for _ in range(5)]
     for t in threads:
