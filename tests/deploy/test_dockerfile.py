@@ -74,3 +74,31 @@ def test_dockerignore_keeps_what_the_build_copies():
     copied = {"pyproject.toml", "README.md", "config", "engine", "server"}
     assert not copied & ignored
     assert {".git", ".venv", "tests"} <= ignored
+
+
+def readme_docker_runs() -> list[tuple[dict[str, str], list[str]]]:
+    """(env, args after the image name) of each `docker run` line in README's Docker section."""
+    text = (ROOT / "README.md").read_text().split("## Docker", 1)[1]
+    runs = []
+    for cmd in re.findall(r"^docker run .*?(?<!\\)$", text.replace("\\\n", " "), flags=re.M):
+        words = cmd.split()
+        image = next(i for i, w in enumerate(words) if w.startswith("specserve:"))
+        env = dict(w.split("=", 1) for prev, w in zip(words, words[1:], strict=False) if prev == "-e" and "=" in w)
+        runs.append((env, words[image + 1:]))
+    return runs
+
+
+def test_readme_docker_run_lines_are_valid_serve_invocations():
+    from server.cli import build_parser
+    from server.serve_cmd import _SETTINGS_DESTS
+
+    runs = readme_docker_runs()
+    assert len(runs) >= 3
+    neuron = [r for r in runs if "--backend" in r[1]]
+    assert neuron and "neuron-tnx" in neuron[0][1]
+    for env, args in runs:
+        if args and args[0] == "neuron-smoke":
+            continue
+        parsed = build_parser(["serve", *args]).parse_args(["serve", *args])
+        cli = {k: v for k, v in vars(parsed).items() if k in _SETTINGS_DESTS}
+        load_settings(cli, environ={k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
