@@ -22,6 +22,7 @@ from itertools import chain
 import torch
 
 from engine.models.config import ModelConfig
+from engine.models.cpu_linear import pack_cpu_bf16_linears
 from engine.models.kv_cache import KVCache
 from engine.models.llama import LlamaForCausalLM, StepInputs
 from engine.models.loader import load_model
@@ -67,7 +68,9 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
 class TorchRunner:
     """Runner protocol over `LlamaForCausalLM` and a static slot KV cache."""
 
-    def __init__(self, model: LlamaForCausalLM, *, max_slots: int, max_model_len: int):
+    def __init__(self, model: LlamaForCausalLM, *, max_slots: int, max_model_len: int, pack_weights: bool = True):
+        """`pack_weights`: on CPU in bf16, re-lay linear weights out for oneDNN once (see cpu_linear.py); the model
+        is then inference-only and its linear layers no longer expose `.weight`."""
         cfg: ModelConfig = model.config
         if max_slots < 1 or max_model_len < 2:
             raise ValueError(f"need max_slots >= 1 and max_model_len >= 2, got {max_slots}, {max_model_len}")
@@ -77,6 +80,9 @@ class TorchRunner:
         self.device, self.dtype = param.device, param.dtype
         self.cfg = cfg
         self.max_slots, self.max_model_len = max_slots, max_model_len
+        self.packed_linears = 0
+        if pack_weights and self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            self.packed_linears = pack_cpu_bf16_linears(model)
         self.cache = KVCache.allocate(cfg, max_slots, max_model_len, dtype=self.dtype, device=self.device)
         self._scratch = self.cache.scratch_pos
 

@@ -220,3 +220,18 @@ def test_config_errors(tmp_path):
 def test_kv_cache_layout():
     cache = KVCache.allocate(CFG, 3, 10, dtype=torch.float32, device="cpu")
     assert cache.k.shape == (2, 3, 2, 11, 16) and (cache.max_len, cache.scratch_pos, cache.max_slots) == (10, 10, 3)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="oneDNN weight packing is CPU-only")
+def test_cpu_bf16_packed_weights_match_plain_linear():
+    from engine.models.cpu_linear import packing_available
+
+    toks = _tokens(9, 12)
+    packed = TorchRunner(_model(torch.bfloat16), max_slots=1, max_model_len=MAX_LEN)
+    plain = TorchRunner(_model(torch.bfloat16), max_slots=1, max_model_len=MAX_LEN, pack_weights=False)
+    if not packing_available():
+        pytest.skip("this torch build has no usable oneDNN packed linear")
+    assert packed.packed_linears == 4 * CFG.num_layers + 1 and plain.packed_linears == 0
+    out = torch.cat([_one(packed, 0, toks[:6], 0, 6), _one(packed, 0, toks[6:], 6, 3)])
+    ref = torch.cat([_one(plain, 0, toks[:6], 0, 6), _one(plain, 0, toks[6:], 6, 3)])
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=0)
