@@ -11,6 +11,10 @@ where a sequence's own best k uses its acceptance estimate (moving average; the 
 requests). K = 0 wins when drafting does not pay: low acceptance, or large batches where a verify pass costs nearly
 (1 + K) decode passes. Unmeasured (B, K) cells are explored a few times, and K = 0 regimes re-probe K = 1 now and
 then, so the table follows load changes. A static policy (`--speculative-policy static`) always grants K_max.
+
+Seeded sampled requests (seed set, temperature > 0) always get K_max: the random draws a request consumes depend on the
+K of each step, so a K that followed load would make the same seed give different text. Greedy requests are
+deterministic at any K and adapt freely.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ def expected_tokens(a: float, k: int) -> float:
 def batch_bucket(b: int) -> int:
     """Batch sizes share cost cells by power-of-two bucket: 1, 2, 4, 8, ..."""
     return 1 << max(0, (b - 1).bit_length())
+
+
+def needs_fixed_k(seq: Sequence) -> bool:
+    """Seeded sampled requests need a K sequence that does not depend on load, or their draws (and text) change."""
+    return seq.params.seed is not None and not seq.params.greedy
 
 
 class StaticPolicy:
@@ -81,7 +90,12 @@ class AdaptivePolicy:
         return base + per_k * k
 
     def choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
-        spec = [s.params.speculative for s in seqs]
+        ks = self._choose(seqs)
+        k_max = self.ks[-1]
+        return [k_max if s.params.speculative and needs_fixed_k(s) else k for s, k in zip(seqs, ks)]
+
+    def _choose(self, seqs: list[Sequence]) -> list[int]:
+        spec = [s.params.speculative and not needs_fixed_k(s) for s in seqs]
         if not any(spec) or len(self.ks) == 1:
             return [0] * len(seqs)
         bucket = batch_bucket(len(seqs))

@@ -72,3 +72,14 @@ def test_requests_that_opt_out_get_no_drafts_and_allowed_k_is_respected():
         assert ks[2] == 0 and set(ks) <= {0, 2}
         policy.observe(StepRecord(3, 0, ks, ks, sum(ks) + 3, 0.01))
     assert StaticPolicy(4, allowed_k=(0, 3)).choose_k(batch, 100) == [3, 3, 0]
+
+
+def test_seeded_sampled_requests_get_a_load_independent_k():
+    policy = AdaptivePolicy(k_max=4, reprobe_every=10_000)
+    batch = seqs(2, acceptance=0.0)
+    batch[1].params = SamplingParams(seed=5, temperature=0.8)
+    for _ in range(40):
+        ks = policy.choose_k(batch, 1000)
+        assert ks[1] == 4
+        policy.observe(StepRecord(2, 0, ks, [0, 0], 2, 0.01 * (1 + max(ks))))
+    assert ks[0] == 0  # the unseeded one adapted down

@@ -114,11 +114,12 @@ def test_sampled_distribution_with_speculation_matches_without(tiny_pair, method
     assert p > 1e-3, f"speculative sampling distribution differs (p={p:.2e})"
 
 
-def test_seeded_speculative_run_repeats(tiny_pair):
+@pytest.mark.parametrize("policy", ["static", "adaptive"])
+def test_seeded_speculative_run_repeats(tiny_pair, policy):
     target, draft = tiny_pair
     runs = []
     for _ in range(2):
-        eng = make_engine(target, method="draft", draft=draft, num_speculative_tokens=3, speculative_policy="static",
+        eng = make_engine(target, method="draft", draft=draft, num_speculative_tokens=3, speculative_policy=policy,
                           max_model_len=128)
         eng.add_request("a", eng.tokenizer.encode("for i in"), SamplingParams(max_tokens=20, seed=7, ignore_eos=True))
         eng.add_request("b", eng.tokenizer.encode("class A:"), SamplingParams(max_tokens=20, seed=8, ignore_eos=True))
