@@ -120,8 +120,8 @@ def test_seed_reproducible(client):
 
 
 def test_seed_reproducible_with_speculation(client):
-    # NOTE: holds at a static K (the main server's policy). Under the adaptive policy the draws a seeded request
-    # consumes depend on the K chosen per step, so the same seed can give different text (reported to the engine).
+    # The main server runs a static K; the adaptive policy gives seeded sampled requests a fixed K too
+    # (engine/spec/policy.py, tests/engine/spec/test_policy.py), so the same seed repeats there as well.
     a, b, c = _seeded_texts(client, [1234, 1234, 1234], speculative=True)
     assert a == b == c
 
