@@ -223,7 +223,9 @@ class SlotKVRunner:
                           dtype=self.dtype, backend=self.backend, buckets=self.context_buckets)
 
     def check_request(self, prompt_ids, params) -> None:
-        """Admission check the engine can call before enqueueing: the prompt must fit one context-encoding graph."""
+        """Admission check for the engine to call before enqueueing (raises InvalidRequestError / PromptTooLongError):
+        the prompt must fit one context-encoding graph, and the sampling parameters this runner's limits."""
+        self.check_params(params)
         n = len(prompt_ids)
         if n > self.max_context:
             raise PromptTooLongError(
@@ -243,6 +245,8 @@ class SlotKVRunner:
         n = min(16, self.max_context)
         self.execute(ForwardBatch([0], [[0] * n], [0], [1]))
         for m in self.window_lengths:
+            if n + m > self.max_model_len:
+                break
             self.execute(ForwardBatch([0], [[0] * m], [n], [m]))
             n += m
         self.release_slot(0)
