@@ -228,7 +228,7 @@ def _vocab(path: str) -> int:
 
 
 def _load(path: str, spec: RunnerSpec, opts: NeuronOptions, ctx: tuple[int, ...], tok: tuple[int, ...],
-          lengths: tuple[int, ...], role: str, kind: str = "tnx"):
+          lengths: tuple[int, ...]):
     """Construct a LlamaForSampling for `path` and enable its speculation graphs (not compiled yet)."""
     from transformers_neuronx.config import ContinuousBatchingConfig, NeuronConfig
     from transformers_neuronx.llama.model import LlamaForSampling
@@ -242,9 +242,9 @@ def _load(path: str, spec: RunnerSpec, opts: NeuronOptions, ctx: tuple[int, ...]
     return model
 
 
-def _compile(model, path: str, key: dict, opts: NeuronOptions, kind: str = "tnx") -> None:
+def _compile(model, path: str, key: dict, opts: NeuronOptions) -> None:
     """to_neuron(), reusing saved graphs from --neuron-compiled-dir when they match this configuration."""
-    cache = cache_dir_for(opts.compiled_dir, kind, path, key)
+    cache = cache_dir_for(opts.compiled_dir, "tnx", path, key)
     hit = is_cache_hit(cache)
     if hit:
         model.load(str(cache))
@@ -253,7 +253,7 @@ def _compile(model, path: str, key: dict, opts: NeuronOptions, kind: str = "tnx"
         cache.mkdir(parents=True, exist_ok=True)
         model.save(str(cache))
         mark_complete(cache, key, seconds)
-    log_compile(f"{BACKEND}", key["role"], cache, hit, seconds)
+    log_compile(BACKEND, key["role"], cache, hit, seconds)
 
 
 def build(path: str, spec: RunnerSpec) -> Runner:
@@ -278,13 +278,13 @@ def build(path: str, spec: RunnerSpec) -> Runner:
         from engine.models.loader import resolve_model_path
 
         draft_path = str(resolve_model_path(opts.draft_model))
-        model = _load(path, spec, opts, ctx, tok, (), spec.role)
-        draft = _load(draft_path, spec, opts, ctx, tok, (), "draft")
+        model = _load(path, spec, opts, ctx, tok, ())
+        draft = _load(draft_path, spec, opts, ctx, tok, ())
         fsd = FusedSpeculativeDecoder(draft, model, max(ks))
         _compile(fsd, path, {**key, "draft": Path(draft_path, "config.json").read_text()}, opts)
         fused, lengths = (fsd, draft), ()
     else:
-        model = _load(path, spec, opts, ctx, tok, lengths, spec.role)
+        model = _load(path, spec, opts, ctx, tok, lengths)
         _compile(model, path, key, opts)
     return TnxRunner(model, vocab_size=vocab, spec=spec, context_buckets=ctx, window_lengths=lengths,
                      allowed_k=(0, *ks), amp=amp_for(spec.dtype), fused=fused)
