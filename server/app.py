@@ -15,10 +15,11 @@ from fastapi import FastAPI
 
 from config.settings import Settings
 from server.errors import install_handlers
+from server.metrics import ServerMetrics
 from server.routes import router, v1
 from server.serving_chat import ChatServing
 from server.serving_completions import CompletionServing
-from server.state import ServerState
+from server.state import Phase, ServerState
 
 log = logging.getLogger("specserve.server")
 
@@ -31,10 +32,17 @@ def create_app(settings: Settings, engine: Any = None,
     state = ServerState(settings, engine=engine, engine_factory=engine_factory)
     state.chat = ChatServing(state)
     state.completions = CompletionServing(state)
+    metrics = ServerMetrics(state)  # its own registry: several apps may live in one process
+    state.listeners.append(metrics)
+
+    async def load_and_attach() -> None:
+        await state.load()
+        if state.engine is not None and state.phase is Phase.READY:
+            metrics.attach(state.engine)  # no await since load() returned: no request ran unobserved
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        load = asyncio.create_task(state.load())
+        load = asyncio.create_task(load_and_attach())
         try:
             yield
         finally:
@@ -46,6 +54,7 @@ def create_app(settings: Settings, engine: Any = None,
 
     app = FastAPI(title="specserve", summary="OpenAI-compatible speculative-decoding server", lifespan=lifespan)
     app.state.specserve = state
+    app.state.metrics = metrics
     install_handlers(app)
     app.include_router(router)
     app.include_router(v1)
