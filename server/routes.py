@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -36,16 +37,44 @@ async def read_json(request: Request, model: type[M]) -> M:
         if size > limit:
             raise BodyTooLargeError(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        data = json.loads(b"".join(chunks))
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequestError(f"request body is not valid JSON: {e}") from None
+    except RecursionError:  # json.loads gives up past ~1000 levels of [ or {: a 500 before this
+        raise BadRequestError("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequestError("request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):
+        raise BadRequestError("request body has a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
+                              "valid Unicode text")
     try:
         return model.model_validate(data)
     except ValidationError as e:
         raise validation_error_from_pydantic(e) from None
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # \uD800..\uDFFF
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """JSON may escape half a surrogate pair ("\\udc00"); json.loads turns it into a str that cannot be encoded as
+    UTF-8, and the tokenizer (or the response encoder) then raised a 500. Iterative: the nesting may be deep."""
+    stack = [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
 
 
 @router.get("/health")
