@@ -32,7 +32,8 @@ class EngineSettings(_Section):
     max_queue: int = Field(256, ge=0, description="requests that may wait for a slot; beyond it new requests get 429")
     max_num_batched_tokens: int = Field(512, ge=1, description="per-step token budget (decode + draft + prefill chunks)")
     max_model_len: int | None = Field(None, ge=8, description="positions per sequence (prompt + output); default: the model's, capped at 4096")
-    seed: int = Field(0, description="seed for requests that give none")
+    seed: int = Field(0, description="seed of the shared generator unseeded requests draw from (set once at start)")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads (default: torch's choice, one per core)")
 
 
 class SpeculationSettings(_Section):

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from config.settings import Settings
 from engine.engine import EngineLimits, LLMEngine
 from engine.models.config import ModelConfig
@@ -74,6 +76,9 @@ def eos_ids(tokenizer, model_dir: Path) -> list[int]:
 
 def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
     t0 = time.monotonic()
+    if settings.engine.num_threads:
+        torch.set_num_threads(settings.engine.num_threads)
+    torch.manual_seed(settings.engine.seed)
     target_id, draft_id, served_name = resolve_models(settings)
     target_dir = resolve_model_path(target_id)
     tokenizer = load_tokenizer(settings.model.tokenizer or target_dir)

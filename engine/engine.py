@@ -90,6 +90,10 @@ class LLMEngine:
                 f"Reduce the prompt or max_tokens.",
                 param="max_tokens",
             )
+        # Backend limits (largest compiled bucket, fused on-device sampling) are the runner's to state.
+        runner_check = getattr(self.runner, "check_request", None)
+        if runner_check is not None:
+            runner_check(prompt_ids, params)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                     arrival_time: float | None = None) -> list[Sequence]:

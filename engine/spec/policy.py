@@ -9,8 +9,9 @@ sampling) is measured online per (batch-size bucket, K). For the decoding batch 
 over the allowed K values (0..K_max, or the runner's compiled set), and gives each sequence min(K*, its own best k),
 where a sequence's own best k uses its acceptance estimate (moving average; the global rate is the prior for new
 requests). K = 0 wins when drafting does not pay: low acceptance, or large batches where a verify pass costs nearly
-(1 + K) decode passes. Unmeasured (B, K) cells are explored a few times, and K = 0 regimes re-probe K = 1 now and
-then, so the table follows load changes. A static policy (`--speculative-policy static`) always grants K_max.
+(1 + K) decode passes. Each cell keeps its last few step times and uses their median, so one step slowed by a
+noisy neighbour does not condemn a K. Unmeasured (B, K) cells are explored a few times, and K = 0 regimes re-probe
+the least recently measured K now and then, so the table follows load changes. A static policy (`--speculative-policy static`) always grants K_max.
 
 Seeded sampled requests (seed set, temperature > 0) always get K_max: the random draws a request consumes depend on the
 K of each step, so a K that followed load would make the same seed give different text. Greedy requests are
@@ -19,6 +20,8 @@ deterministic at any K and adapt freely.
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Sequence as Seq
 
 from engine.sequence import Sequence
@@ -59,16 +62,20 @@ class StaticPolicy:
 
 class AdaptivePolicy:
     def __init__(self, k_max: int, allowed_k: Seq[int] | None = None, *, prior_acceptance: float = 0.6,
-                 ema: float = 0.2, explore_samples: int = 3, reprobe_every: int = 50):
+                 acceptance_ema: float = 0.05, explore_samples: int = 3, reprobe_every: int = 50, window: int = 9):
         self.ks = sorted(k for k in (allowed_k if allowed_k is not None else range(k_max + 1)) if k <= k_max)
         if 0 not in self.ks:
             self.ks.insert(0, 0)
         self.global_acceptance = prior_acceptance
-        self.ema = ema
+        self.acceptance_ema = acceptance_ema  # weight of one sequence-step in the global acceptance prior
         self.explore_samples = explore_samples
         self.reprobe_every = reprobe_every
-        self.cost: dict[tuple[int, int], float] = {}  # (batch bucket, K) -> EMA step seconds
+        self.window = window
+        self.cost: dict[tuple[int, int], float] = {}  # (batch bucket, K) -> median of recent step seconds
+        self.recent: dict[tuple[int, int], deque[float]] = {}
         self.samples: dict[tuple[int, int], int] = {}
+        self.last_measured: dict[tuple[int, int], int] = {}  # cell -> step counter when last measured
+        self.step_counter = 0
         self.steps_since_spec = 0
         self._last_choice: tuple[int, int] | None = None
 
@@ -112,7 +119,8 @@ class AdaptivePolicy:
             if rate > best_rate:
                 best_k, best_rate = k, rate
         if best_k == 0 and self.steps_since_spec >= self.reprobe_every:
-            best_k = self.ks[1]  # re-probe: acceptance or load may have changed
+            # Re-probe the K measured longest ago: acceptance or load may have changed.
+            best_k = min(self.ks[1:], key=lambda k: self.last_measured.get((bucket, k), -1))
         return self._grant(seqs, spec, accept, best_k, bucket)
 
     def _grant(self, seqs, spec, accept, k: int, bucket: int) -> list[int]:
@@ -138,7 +146,7 @@ class AdaptivePolicy:
     def observe(self, rec: StepRecord) -> None:
         for d, acc in zip(rec.num_draft, rec.num_accepted):
             if d:
-                self.global_acceptance = (1 - self.ema * 0.25) * self.global_acceptance + self.ema * 0.25 * acc / d
+                self.global_acceptance += self.acceptance_ema * (acc / d - self.global_acceptance)
         if rec.total_draft:
             self.steps_since_spec = 0
         else:
@@ -150,9 +158,12 @@ class AdaptivePolicy:
         if batch_bucket(rec.batch_size) != bucket:
             return
         key = (bucket, k)
-        old = self.cost.get(key)
-        self.cost[key] = rec.seconds if old is None else (1 - self.ema) * old + self.ema * rec.seconds
+        window = self.recent.setdefault(key, deque(maxlen=self.window))
+        window.append(rec.seconds)
+        self.cost[key] = statistics.median(window)
         self.samples[key] = self.samples.get(key, 0) + 1
+        self.step_counter += 1
+        self.last_measured[key] = self.step_counter
 
 
 def make_policy(kind: str, k_max: int, allowed_k: Seq[int] | None = None):

@@ -169,3 +169,16 @@ def test_bad_input_raises_typed_errors_naming_the_field(engine, prompt, params, 
     assert info.value.param == field
     assert info.value.message
     assert engine.num_waiting == 0
+
+
+def test_runner_admission_hook_is_consulted(engine, monkeypatch):
+    """Backends state their own limits (Neuron: largest compiled bucket, fused-mode sampling) through check_request."""
+    def refuse(prompt_ids, params):
+        if params.temperature > 0:
+            raise InvalidRequestError("this backend samples greedily on device", param="temperature")
+
+    monkeypatch.setattr(engine.runner, "check_request", refuse, raising=False)
+    with pytest.raises(InvalidRequestError, match="greedily"):
+        engine.add_request("hook", [5, 6], SamplingParams(temperature=0.7))
+    engine.add_request("ok", [5, 6], greedy(2))
+    assert final(run_all(engine)["ok"]).finish_reason in ("length", "stop")
