@@ -37,9 +37,14 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LOGPROB_FLOOR = -9999.0  # JSON has no -inf; OpenAI clients expect a number
 
 
+# json.dumps(ensure_ascii=False) leaves NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR raw; line readers that split like
+# str.splitlines (httpx's iter_lines, hence many SSE clients) then cut a `data:` line in two and the JSON breaks.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def sse(data: dict[str, Any]) -> str:
-    """One server-sent event carrying a JSON object."""
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    """One server-sent event carrying a JSON object, on one line for every line splitter."""
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':')).translate(_LINE_BREAKS)}\n\n"
 
 
 def finite_logprob(x: float) -> float:
