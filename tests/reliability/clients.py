@@ -64,7 +64,10 @@ async def stream_chat(client: httpx.AsyncClient, body: dict, timeout: float = 12
         return Outcome(LOST, 200, f"stream did not end with [DONE]: {events[-2:]}")
     finishes: dict[int, str] = {}
     for ev in events[:-1]:
-        chunk = json.loads(ev)
+        try:
+            chunk = json.loads(ev)
+        except ValueError:
+            return Outcome(LOST, 200, f"event is not JSON: {ev[:200]!r}")
         if "error" in chunk:
             return Outcome(LOST, 200, f"error event {chunk['error']}")
         for c in chunk.get("choices", []):
