@@ -18,7 +18,7 @@ from config.settings import SECTIONS
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.serve_cmd", "run the OpenAI-compatible HTTP server"),
-    # "bench": ("bench.cli", "load generator against a running server"),          (added by its owner)
+    "bench": ("server.bench.cli", "load generator against an OpenAI-compatible server; compare configurations"),
     "neuron-smoke": ("server.neuron_smoke", "compile a tiny model on a Neuron runner and compare logits with torch"),
 }
 

@@ -1,0 +1,172 @@
+"""`specserve bench`: load generator against any OpenAI-compatible server, and `specserve bench compare`.
+
+    specserve bench --base-url http://127.0.0.1:8000 --concurrency 1,4,16,64 --num-prompts 64 --output run.json
+    specserve bench --base-url ... --request-rate 2,8 --num-prompts 100            # Poisson arrivals
+    specserve bench compare --target DIR --draft-model DIR --concurrency 1,4,16    # starts each config itself
+
+Writes FILE.json (schema `specserve-bench/1`), FILE.md (the table) and FILE_throughput.png / FILE_itl.png next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from server.bench.datasets import load_dataset
+from server.bench.loadgen import RequestSpec, make_client, run_load
+from server.bench.report import document, markdown_table, plot_runs
+from server.bench.stats import RequestResult, summarize
+
+
+def _int_list(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _float_list(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mode", nargs="?", choices=["run", "compare"], default="run",
+                   help="run: load a running server (default); compare: start each configuration and compare")
+    g = p.add_argument_group("load")
+    g.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root URL (run mode)")
+    g.add_argument("--model", default=None, help="model name to send (default: the server's first /v1/models id)")
+    g.add_argument("--api-key", default=None, help="bearer token, if the server wants one")
+    g.add_argument("--concurrency", type=_int_list, default=[1, 4, 16], help="fixed concurrency levels, e.g. 1,4,16,64")
+    g.add_argument("--request-rate", type=_float_list, default=None,
+                   help="Poisson arrival rates in requests/s, e.g. 1,4 (replaces the concurrency sweep; "
+                        "--concurrency's largest value caps requests in flight)")
+    g.add_argument("--num-prompts", type=int, default=32, help="requests per run (dataset records cycle)")
+    g.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per request")
+    g.add_argument("--no-length-control", action="store_true",
+                   help="do not send ignore_eos/min_tokens (outputs may end early at EOS)")
+    g.add_argument("--dataset", default="code", help="code, chat, repetitive (bundled) or PATH.jsonl")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0, help="request i gets seed+i; also seeds Poisson arrivals")
+    g.add_argument("--warmup", type=int, default=2, help="requests sent (and ignored) before each configuration")
+    g.add_argument("--logprobs", action="store_true",
+                   help="ask for per-token logprobs to count tokens per chunk exactly (else spread usage by text)")
+    g.add_argument("--output", default=None, help="FILE.json; also FILE.md and FILE_*.png")
+    g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--no-progress", action="store_true")
+    c = p.add_argument_group("compare mode")
+    c.add_argument("--target", default=None, help="target model dir (default: the bundled demo pair)")
+    c.add_argument("--draft-model", default=None, help="draft model dir (default: the demo pair's draft)")
+    c.add_argument("--configs", default="adaptive,k0,static-draft,static-ngram",
+                   help="comma list from: adaptive, adaptive-ngram, k0, static-draft, static-ngram, hf-serve")
+    c.add_argument("--num-speculative-tokens", type=int, default=4, help="K for the fixed-K configs and the max K")
+    c.add_argument("--dtype", default="auto", help="dtype for every configuration and for HF")
+    c.add_argument("--serve-arg", action="append", default=[], help="extra flag for every specserve serve (repeat)")
+    c.add_argument("--repeats", type=int, default=1, help="passes over all configs per level (order rotates)")
+    c.add_argument("--hf-assisted", type=int, default=8, metavar="N",
+                   help="also time HF assisted generation (in-process, batch 1) on N prompts; 0 = skip")
+    c.add_argument("--hf-serve-pythonpath", default=None,
+                   help="PYTHONPATH for `transformers serve` (it needs `accelerate`, e.g. pip install --target DIR)")
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+
+
+async def sweep(base_url: str, items: list[dict[str, Any]], spec: RequestSpec, args: argparse.Namespace,
+                config: str = "server", levels: list[tuple[int | None, float | None]] | None = None
+                ) -> list[dict[str, Any]]:
+    """Warm up, then one run per (concurrency, rate) level. Returns run records (config, level, metrics)."""
+    levels = sweep_levels(args) if levels is None else levels
+    runs = []
+    if args.warmup:
+        await run_load(base_url, items, spec, num_prompts=args.warmup, concurrency=min(args.warmup, 4))
+    for conc, rate in levels:
+        bar = _progress(args.num_prompts, f"{config} c={conc} r={rate}", not args.no_progress)
+        done = (lambda r, b=bar: b.update(1)) if bar else None
+        client = make_client(conc or args.num_prompts)
+        try:
+            results, duration = await run_load(base_url, items, spec, num_prompts=args.num_prompts, concurrency=conc,
+                                               request_rate=rate, seed=args.seed, on_done=done, client=client)
+        finally:
+            await client.aclose()
+            if bar:
+                bar.close()
+        runs.append(run_record(config, conc, rate, results, duration))
+    return runs
+
+
+def sweep_levels(args: argparse.Namespace) -> list[tuple[int | None, float | None]]:
+    if args.request_rate:
+        cap = max(args.concurrency) if args.concurrency else None
+        return [(cap, r) for r in args.request_rate]
+    return [(c, None) for c in args.concurrency]
+
+
+def run_record(config: str, conc: int | None, rate: float | None, results: list[RequestResult],
+               duration: float) -> dict[str, Any]:
+    m = summarize(results, duration)
+    first_err = next((r.error for r in results if not r.ok), None)
+    return {"config": config, "concurrency": conc, "request_rate": rate, "metrics": m, "first_error": first_err}
+
+
+def first_model(base_url: str, api_key: str | None = None) -> str:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    r = httpx.get(base_url.rstrip("/") + "/v1/models", headers=headers, timeout=30)
+    r.raise_for_status()
+    return r.json()["data"][0]["id"]
+
+
+def request_spec(args: argparse.Namespace, model: str) -> RequestSpec:
+    return RequestSpec(model=model, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                       logprobs=args.logprobs, control_length=not args.no_length_control, api_key=args.api_key)
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("mode", "base_url", "model", "concurrency", "request_rate", "num_prompts", "max_tokens", "dataset",
+            "temperature", "seed", "warmup", "logprobs", "no_length_control")
+    return {k: getattr(args, k, None) for k in keys}
+
+
+def write_outputs(doc: dict[str, Any], args: argparse.Namespace, title: str = "") -> None:
+    table = markdown_table(doc["runs"])
+    print(table)
+    for line in doc.get("summary_lines", []):
+        print(line)
+    if not args.output:
+        return
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    stem = out.with_suffix("")
+    md = table + "".join(f"\n{line}" for line in doc.get("summary_lines", []))
+    stem.with_suffix(".md").write_text(md + "\n")
+    if not args.no_plots:
+        for p in plot_runs(doc["runs"], stem, title):
+            print(f"wrote {p}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        items = load_dataset(args.dataset)
+    except ValueError as e:
+        print(f"specserve bench: error: {e}", file=sys.stderr)
+        return 2
+    if args.mode == "compare":
+        from server.bench.compare import run_compare
+
+        return run_compare(args, items)
+    model = args.model or first_model(args.base_url, args.api_key)
+    runs = asyncio.run(sweep(args.base_url, items, request_spec(args, model), args))
+    doc = document({**settings_of(args), "model": model}, runs)
+    write_outputs(doc, args, title=model)
+    return 0 if all(r["metrics"]["errors"] == 0 for r in runs) else 1
