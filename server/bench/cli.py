@@ -62,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--num-speculative-tokens", type=int, default=4, help="K for the fixed-K configs and the max K")
     c.add_argument("--dtype", default="auto", help="dtype for every configuration and for HF")
     c.add_argument("--serve-arg", action="append", default=[], help="extra flag for every specserve serve (repeat)")
+    c.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads for every configuration and HF in-process (0 = torch's choice)")
     c.add_argument("--repeats", type=int, default=1, help="passes over all configs per level (order rotates)")
     c.add_argument("--hf-assisted", type=int, default=8, metavar="N",
                    help="also time HF assisted generation (in-process, batch 1) on N prompts; 0 = skip")

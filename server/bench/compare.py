@@ -105,7 +105,8 @@ def server_for(name: str, target: str, draft: str | None, args: argparse.Namespa
     k = str(args.num_speculative_tokens)
     port = free_port()
     base = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", target,
-            "--max-num-seqs", str(max(args.concurrency)), "--dtype", args.dtype, *args.serve_arg]
+            "--max-num-seqs", str(max(args.concurrency)), "--dtype", args.dtype, *args.serve_arg,
+            *(["--num-threads", str(args.threads)] if args.threads else [])]
     need_draft = name in ("adaptive", "static-draft")
     if need_draft and not draft:
         raise ValueError(f"config {name!r} needs --draft-model")
@@ -123,6 +124,8 @@ def server_for(name: str, target: str, draft: str | None, args: argparse.Namespa
         cmd = [str(Path(sys.executable).with_name("transformers")), "serve", "--continuous-batching", "--device",
                "cpu", "--dtype", dtype, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", target]
         env = {"HF_HUB_OFFLINE": "1"}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         if args.hf_serve_pythonpath:
             env["PYTHONPATH"] = args.hf_serve_pythonpath
         return Server(name, cmd, env=env, port=port)
@@ -145,6 +148,8 @@ def hf_assisted(target: str, draft: str | None, items: list[dict[str, Any]], arg
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = hf_dtype(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
     assistant = AutoModelForCausalLM.from_pretrained(draft, dtype=dtype).eval() if draft else None
