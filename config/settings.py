@@ -62,6 +62,7 @@ class ServerSettings(_Section):
     max_stop_strings: int = Field(8, ge=0, le=16, description="most stop strings per request")
     max_logit_bias: int = Field(300, ge=0, le=1024, description="most logit_bias entries per request")
     request_timeout: float = Field(600.0, gt=0, description="wall-clock deadline per request in seconds")
+    keep_alive_timeout: float = Field(75.0, gt=0, description="seconds an idle keep-alive connection stays open; keep it above clients' pool expiry (httpx/OpenAI SDK: 5) and load balancers' idle timeout (ALB: 60)")
 
 
 def _int_list(value: object) -> object:

@@ -105,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     config = uvicorn.Config(app, log_config=None, log_level=settings.server.log_level, access_log=False,
-                            lifespan="on", timeout_keep_alive=5)
+                            lifespan="on",
+                            # NOTE: at 5 s (equal to httpx's pool expiry) the server closed connections clients were
+                            # reusing that instant: "Server disconnected without sending a response" under load.
+                            timeout_keep_alive=settings.server.keep_alive_timeout)
     server = DrainingServer(config, app.state.specserve)
     app.state.specserve.on_fatal = server.fail
     server.run(sockets=[sock])
