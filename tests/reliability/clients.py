@@ -56,7 +56,7 @@ async def stream_chat(client: httpx.AsyncClient, body: dict, timeout: float = 12
     try:
         got = await asyncio.wait_for(call(), timeout)  # 3.10 floor: no asyncio.timeout
     except (httpx.HTTPError, asyncio.TimeoutError) as e:
-        return Outcome(LOST, 0, f"{type(e).__name__}: {e}")
+        return Outcome(LOST, 0, f"{type(e).__name__}: {e!r}", seconds=time.monotonic() - t0)
     if isinstance(got, Outcome):
         return got
     events = got

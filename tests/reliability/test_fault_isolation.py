@@ -73,6 +73,14 @@ def _check_healthy(rs: list[httpx.Response]) -> None:
             assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length", r.text[:300]
 
 
+def _no_leftovers(app) -> None:
+    """Nothing of a finished request stays behind: streams, in-flight count, detokenizers, metric keys."""
+    ae = app.state.specserve.engine
+    assert ae._streams == {} and ae._in_flight == 0 and ae._pending == []
+    assert ae.engine._detok == {} and ae.engine._finished_pending == []
+    assert getattr(app.state.metrics, "_last_token", {}) == {}
+
+
 async def _idle(c: httpx.AsyncClient) -> dict:
     for _ in range(200):
         body = (await c.get("/health")).json()
@@ -109,7 +117,7 @@ def test_sampling_and_detokenization_faults_fail_one_request(tiny_pair, monkeypa
     ]
 
     async def go():
-        async with serve(tiny_pair[0]) as (_, c):
+        async with serve(tiny_pair[0]) as (app, c):
             healthy, bad = await _barrage(c, faulty)
             _check_healthy(healthy)  # the batch went on
             for r, what in ((bad[0], "sampling failed"), (bad[2], "detokenization failed")):
@@ -122,6 +130,8 @@ def test_sampling_and_detokenization_faults_fail_one_request(tiny_pair, monkeypa
             h = await c.get("/health")
             assert h.status_code == 200 and h.json()["status"] == "ok"  # a request's fault is not the engine's
             assert (await c.post("/v1/completions", json=_healthy(99, stream=False))).status_code == 200
+            await _idle(c)
+            _no_leftovers(app)
 
     asyncio.run(go())
     assert calls["select"] >= 2 and calls["detok"] >= 2
@@ -166,6 +176,8 @@ def test_runner_failure_fails_the_step_and_reports_unhealthy(tiny_pair, monkeypa
             # The engine still serves; /health stays unhealthy so an orchestrator replaces the process.
             r = await c.post("/v1/completions", json=_healthy(7, stream=False))
             assert r.status_code == 200
+            await _idle(c)
+            _no_leftovers(app)
 
     asyncio.run(go())
 
