@@ -64,24 +64,24 @@ class RequestResult:
 def spread(total: int, weights: Sequence[int]) -> list[int]:
     """Split `total` tokens over chunks in proportion to `weights` (text lengths), integers summing to `total`.
 
-    Each chunk first gets one token when total allows (a content chunk carries at least one token), the rest goes by
-    weight with the largest-remainder rule (ties to the earlier chunk)."""
+    Largest-remainder rounding of total * w / sum(w), with each chunk kept at >= 1 token when total allows (a content
+    chunk carries at least one token); ties go to the earlier chunk."""
     n = len(weights)
     if n == 0:
         return []
-    base = [1] * n if total >= n else [1 if i < total else 0 for i in range(n)]
-    rest = total - sum(base)
+    if total <= n:
+        return [1 if i < total else 0 for i in range(n)]
     w = [max(0, x) for x in weights]
-    if rest <= 0:
-        return base
-    wsum = sum(w) or n
-    shares = [rest * (x if sum(w) else 1) / wsum for x in w]
-    floors = [int(math.floor(s)) for s in shares]
-    left = rest - sum(floors)
-    order = sorted(range(n), key=lambda i: (-(shares[i] - floors[i]), i))
-    for i in order[:left]:
-        floors[i] += 1
-    return [b + f for b, f in zip(base, floors, strict=True)]
+    wsum = sum(w)
+    ideal = [total * x / wsum for x in w] if wsum else [total / n] * n
+    alloc = [max(1, int(math.floor(x))) for x in ideal]
+    while sum(alloc) < total:
+        i = max(range(n), key=lambda j: (ideal[j] - alloc[j], -j))
+        alloc[i] += 1
+    while sum(alloc) > total:
+        i = max((j for j in range(n) if alloc[j] > 1), key=lambda j: (alloc[j] - ideal[j], j))
+        alloc[i] -= 1
+    return alloc
 
 
 def itl_per_token(chunk_times: Sequence[float], chunk_tokens: Sequence[int]) -> list[float]:
