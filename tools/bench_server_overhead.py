@@ -73,7 +73,9 @@ def main() -> int:
     items = load_dataset("code")
     flags = dict(dtype=args.dtype, max_num_seqs=slots, **({"num_threads": args.threads} if args.threads else {}))
     engine = engine_for(args.model, method=args.method, **flags)
-    prompts = [engine.tokenizer.encode(it["prompt"]) for it in items]
+    fits = [(it, ids) for it in items
+            if len(ids := engine.tokenizer.encode(it["prompt"])) + args.max_tokens <= engine.limits.max_model_len]
+    items, prompts = [it for it, _ in fits], [ids for _, ids in fits]
     port = free_port()
     server = Server("specserve", [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port",
                                   str(port), "--model", args.model, "--served-model-name", "bench",

@@ -140,7 +140,9 @@ def sweep(engines: dict, prompts: list[list[int]], args) -> dict:
         total = max(conc, args.min_requests)
         names = list(engines)[lvl % 3:] + list(engines)[:lvl % 3]
         for name in names:
-            drive(engines[name], prompts, 4, min(conc, 4), min(conc, 4), f"w{name}{conc}")  # warm the batch cells
+            # Warm-up wave at this concurrency: the adaptive policy measures its (batch bucket, K) cells here, so the
+            # measured run shows its steady state (exploration of a cold bucket is not counted, for any config).
+            drive(engines[name], prompts, args.sweep_tokens, conc, conc, f"w{name}{conc}")
             out.setdefault(name, {})[conc] = drive(engines[name], prompts, args.sweep_tokens, conc, total,
                                                    f"s{name}{conc}")
         best = max(out["k0"][conc], out["static"][conc])
@@ -234,8 +236,8 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=48)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 4, 16, 64])
-    ap.add_argument("--sweep-tokens", type=int, default=16)
-    ap.add_argument("--min-requests", type=int, default=8)
+    ap.add_argument("--sweep-tokens", type=int, default=24)
+    ap.add_argument("--min-requests", type=int, default=16)
     ap.add_argument("--hf", type=int, default=1, help="1: also time HF assisted generation")
     ap.add_argument("--hf-prompts", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=1024)

@@ -5,8 +5,9 @@ an optional `"max_tokens"` overriding the run's. Bundled sets (`server/bench/dat
 `python -m server.bench.datasets` with fixed rules (no randomness, so the files are reproducible on the same Python):
 
 - `code`: code-completion prompts from the demo pair's *held-out* corpus: the Python standard library files with
-  sha256(relative path) mod 50 == 0 (`tools/train_demo_pair.py` never trains on them). Each prompt is the 12 lines up to
-  and including a `def` line (every third def of a file, at most 3 per file), so the model continues a function body.
+  sha256(relative path) mod 50 == 0 (`tools/train_demo_pair.py` never trains on them). Each prompt is the 8 lines up to
+  and including a `def` line (every third def of a file, at most 3 per file, 120..500 characters), so the model
+  continues a function body. Prompts stay short enough for the demo pair's 512-token context with 64 new tokens.
 - `chat`: chat turns (`messages`) asking to continue, explain or write short code, built from the same held-out files.
 - `repetitive`: extractive prompts whose answer is in the prompt ("the same code again", "rename x to y"): prompt-lookup
   (n-gram) speculation should accept long runs here.
@@ -60,19 +61,19 @@ def held_out_files() -> list[tuple[str, str]]:
     return out
 
 
-def _def_windows(text: str, per_file: int = 3, every: int = 3, lines_before: int = 11) -> list[str]:
+def _def_windows(text: str, per_file: int = 3, every: int = 3, lines_before: int = 7) -> list[str]:
     lines = text.splitlines()
     defs = [i for i, ln in enumerate(lines) if ln.lstrip().startswith("def ") and ln.rstrip().endswith(":")
             and i >= lines_before]
     out = []
     for i in defs[::every][:per_file]:
         window = "\n".join(lines[i - lines_before:i + 1]) + "\n"
-        if 120 <= len(window) <= 900:
+        if 120 <= len(window) <= 500:
             out.append(window)
     return out
 
 
-def _functions(text: str, max_lines: int = 14) -> list[str]:
+def _functions(text: str, max_lines: int = 10, max_chars: int = 360) -> list[str]:
     """Short complete top-level functions (def line .. last indented line)."""
     lines = text.splitlines()
     out = []
@@ -83,7 +84,7 @@ def _functions(text: str, max_lines: int = 14) -> list[str]:
             while j < len(lines) and (not lines[j].strip() or lines[j].startswith((" ", "\t"))):
                 j += 1
             body = "\n".join(lines[i:j]).rstrip() + "\n"
-            if 3 <= j - i <= max_lines and len(body) <= 700:
+            if 3 <= j - i <= max_lines and len(body) <= max_chars:
                 out.append(body)
             i = j
         else:
