@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from statistics import median
@@ -26,7 +27,7 @@ from server.bench.compare import Server, free_port  # noqa: E402
 from server.bench.datasets import load_dataset  # noqa: E402
 from server.bench.loadgen import RequestSpec, run_load  # noqa: E402
 from server.bench.report import machine_info  # noqa: E402
-from server.bench.synthetic import engine_for  # noqa: E402
+from server.bench.synthetic import build_random_llama, engine_for  # noqa: E402
 
 
 def inprocess(engine, prompts: list[list[int]], n: int, conc: int, total: int, tag: str) -> float:
@@ -55,6 +56,8 @@ def over_http(base_url: str, items: list[dict], n: int, conc: int, total: int) -
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model dir (default: the demo pair's target)")
+    ap.add_argument("--synthetic", default=None, metavar="HIDDEN,LAYERS",
+                    help="instead of --model, a random-init Llama of this size (vocab 32000), e.g. 1024,8")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--method", default="none", help="speculative method for both sides (none, ngram)")
     ap.add_argument("--concurrency", default="1,32")
@@ -64,7 +67,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on both sides (0 = torch's choice)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if args.model is None:
+    tmp = tempfile.TemporaryDirectory()
+    if args.synthetic:
+        hidden, layers = (int(x) for x in args.synthetic.split(","))
+        args.model = str(build_random_llama(Path(tmp.name) / "m", hidden=hidden, layers=layers))
+    elif args.model is None:
         from engine.demo_pair import target_dir
 
         args.model = str(target_dir())
@@ -105,6 +112,7 @@ def main() -> int:
                       f"ratio {got['http'] / got['inproc']:.3f}", flush=True)
     finally:
         server.stop()
+        tmp.cleanup()
     for conc, lv in res["levels"].items():
         lv["median_ratio"] = median(lv["ratio"])
         lv["http_cost_pct"] = 100 * (1 - lv["median_ratio"])

@@ -82,7 +82,9 @@ def acceptance(before: dict, after: dict, k: int) -> dict:
     verifies = after["k"].get(k, 0) - before["k"].get(k, 0)
     full = after["pos"].get(k - 1, 0) - before["pos"].get(k - 1, 0)
     rejections = verifies - full
-    a = acc / (acc + rejections) if acc + rejections else None
+    other_k = sum(v - before["k"].get(kk, 0) for kk, v in after["k"].items() if kk not in (0, k))
+    # Per-token a from the geometric model needs every verify at the same K (static policy); else None.
+    a = acc / (acc + rejections) if acc + rejections and not other_k else None
     return {"draft_tokens": draft, "accepted_tokens": acc, "acceptance_rate": acc / draft if draft else None,
             "per_token_a": a}
 

@@ -2,7 +2,9 @@
 
 All servers are started first (each on a free port, ready when /health answers 200), then for each concurrency level
 the configurations run one after another in an order that rotates per level and repeat, so slow drifts of a shared
-machine hit all of them alike; the ratios are taken within this one run. Idle servers only wake every 50 ms.
+machine hit all of them alike; the ratios are taken within this one run. Idle servers only wake every 50 ms. Before
+each level every server gets one unmeasured wave at that concurrency (the adaptive policy measures its step-cost cells
+per batch-size bucket; the figures show its steady state, not its exploration).
 
 Configurations (`--configs`):
   adaptive        specserve, draft proposer, adaptive K policy (the default serving mode)
@@ -34,6 +36,7 @@ from typing import Any
 import httpx
 
 from server.bench.cli import first_model, request_spec, settings_of, sweep, write_outputs
+from server.bench.loadgen import run_load
 from server.bench.report import document
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,13 +215,18 @@ def run_compare(args: argparse.Namespace, items: list[dict[str, Any]]) -> int:
 async def _interleaved(servers: list[Server], items: list[dict[str, Any]], args: argparse.Namespace
                        ) -> list[dict[str, Any]]:
     specs = {s.name: request_spec(args, first_model(s.base_url, args.api_key)) for s in servers}
-    for s in servers:  # warm-up once per server
-        await sweep(s.base_url, items, specs[s.name], args, s.name, levels=[])
+    for s in servers:
+        if s.name == "hf-serve":  # transformers serve answers 422 to unknown fields; outputs may stop at EOS
+            specs[s.name].control_length = False
+        await sweep(s.base_url, items, specs[s.name], args, s.name, levels=[])  # warm-up once per server
     runs = []
     rot = 0
     from server.bench.cli import sweep_levels
 
     for level in sweep_levels(args):
+        conc = level[0] or 4
+        for s in servers:  # one wave at this level's concurrency, so adaptive K is measured in steady state
+            await run_load(s.base_url, items, specs[s.name], num_prompts=min(conc, args.num_prompts), concurrency=conc)
         for _ in range(args.repeats):
             order = servers[rot % len(servers):] + servers[:rot % len(servers)] if servers else []
             rot += 1
