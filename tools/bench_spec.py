@@ -40,14 +40,17 @@ CONFIGS = ("k0", "static", "adaptive")
 
 
 def build_engines(target: Path, draft: Path, args, max_len: int) -> dict:
-    common = dict(dtype=args.dtype, max_num_seqs=max(args.concurrency), max_model_len=max_len,
+    common = dict(dtype=args.dtype, max_num_seqs=max(args.concurrency, default=1), max_model_len=max_len,
                   max_num_batched_tokens=4096, num_speculative_tokens=args.k,
                   **({"num_threads": args.threads} if args.threads else {}))
-    return {
+    engines = {
         "k0": engine_for(target, method="none", **common),
         "static": engine_for(target, method="draft", draft=draft, speculative_policy="static", **common),
         "adaptive": engine_for(target, method="draft", draft=draft, speculative_policy="adaptive", **common),
     }
+    for e in engines.values():
+        e.tally = RejectionTally(e)
+    return engines
 
 
 def step_cost(runner, steps: int = 16) -> float:
@@ -70,23 +73,33 @@ def cost_ratio(engine, rounds: int = 5) -> dict:
     return {"target_step_s": median(t), "draft_step_s": median(d), "c": median(d) / median(t)}
 
 
+class RejectionTally:
+    """Wraps `engine.counters.record_step` to count verifies that rejected a draft (accepted < drafted)."""
+
+    def __init__(self, engine):
+        self.rejections = 0
+        inner = engine.counters.record_step
+
+        def record(rec):
+            self.rejections += sum(1 for d, a in zip(rec.num_draft, rec.num_accepted, strict=True) if d and a < d)
+            inner(rec)
+
+        engine.counters.record_step = record
+
+
 def counters_snapshot(engine) -> dict:
     c = engine.counters
     return {"draft": c.draft_tokens, "accepted": c.accepted_tokens, "gen": c.generation_tokens, "steps": c.steps,
-            "k": dict(c.k_chosen), "pos": dict(c.accepted_per_pos)}
+            "rej": engine.tally.rejections}
 
 
-def acceptance(before: dict, after: dict, k: int) -> dict:
+def acceptance(before: dict, after: dict) -> dict:
+    """Per-token acceptance a = accepted / (accepted + rejections): the MLE of a geometric acceptance model."""
     draft = after["draft"] - before["draft"]
     acc = after["accepted"] - before["accepted"]
-    verifies = after["k"].get(k, 0) - before["k"].get(k, 0)
-    full = after["pos"].get(k - 1, 0) - before["pos"].get(k - 1, 0)
-    rejections = verifies - full
-    other_k = sum(v - before["k"].get(kk, 0) for kk, v in after["k"].items() if kk not in (0, k))
-    # Per-token a from the geometric model needs every verify at the same K (static policy); else None.
-    a = acc / (acc + rejections) if acc + rejections and not other_k else None
+    rej = after["rej"] - before["rej"]
     return {"draft_tokens": draft, "accepted_tokens": acc, "acceptance_rate": acc / draft if draft else None,
-            "per_token_a": a}
+            "per_token_a": acc / (acc + rej) if acc + rej else None}
 
 
 def run_one(engine, prompt: list[int], n: int, tag: str) -> float:
@@ -114,7 +127,7 @@ def batch1(engines: dict, prompts: list[list[int]], args) -> dict:
     toks = len(prompts) * args.max_tokens
     out = {name: {"tok_s": toks / t} for name, t in times.items()}
     for name in ("static", "adaptive"):
-        out[name].update(acceptance(snaps[name], counters_snapshot(engines[name]), args.k))
+        out[name].update(acceptance(snaps[name], counters_snapshot(engines[name])))
         after = counters_snapshot(engines[name])
         out[name]["tokens_per_step"] = (after["gen"] - snaps[name]["gen"]) / max(1, after["steps"] - snaps[name]["steps"])
     return out
