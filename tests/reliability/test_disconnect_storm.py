@@ -111,7 +111,8 @@ def test_disconnect_storm_leaks_nothing(server, scale, record_property):
     assert injected >= len(results) * 0.5
     assert leaked == 0 and idle(res["idle"]) and idle(res["health2"])
     for name in ("specserve_generation_tokens_total", "specserve_spec_decode_steps_total"):
-        if name in res["m2"]:
-            assert res["m2"][name] == res["m1"][name], f"{name} still growing after the storm: zombie decoding"
+        assert name in res["m2"], sorted(res["m2"])
+        assert res["m2"][name] == res["m1"][name], f"{name} still growing after the storm: zombie decoding"
+    assert res["m2"]["specserve_requests_running"] == 0 and res["m2"]["specserve_requests_waiting"] == 0
     assert res["ok"].kind == OK, res["ok"].detail
     assert idle(res["after"])
