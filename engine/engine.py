@@ -22,6 +22,7 @@ from engine.scheduler import Scheduler, ScheduledRow, no_speculation
 from engine.select import Selection, select_tokens
 from engine.sequence import Sequence
 from engine.spec.base import Proposer
+from engine.spec.policy import record_verify
 from engine.stats import EngineCounters, StepRecord
 
 log = logging.getLogger("specserve.engine")
@@ -223,9 +224,7 @@ class LLMEngine:
         if num_draft:
             seq.spec.draft_tokens += num_draft
             seq.spec.accepted_tokens += sel.num_accepted
-            rate = sel.num_accepted / num_draft
-            seq.acceptance_estimate = rate if seq.acceptance_estimate is None else (
-                0.7 * seq.acceptance_estimate + 0.3 * rate)
+            record_verify(seq, num_draft, sel.num_accepted)
             if self.proposer is not None:
                 self.proposer.on_verified(seq, sel.num_accepted)
         seq.spec.target_passes += 1

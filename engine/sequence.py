@@ -45,7 +45,8 @@ class Sequence:
     # Speculation.
     draft_ids: list[int] = field(default_factory=list)  # drafts proposed for the current step
     spec: SpecStats = field(default_factory=SpecStats)
-    acceptance_estimate: float | None = None  # moving average of per-token acceptance; None until observed
+    accept_successes: float = 0.0  # recency-weighted accepted drafts (speculation policy's acceptance evidence)
+    accept_failures: float = 0.0  # recency-weighted rejections (at most one per verify)
     # Timing (time.monotonic).
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None

@@ -1,31 +1,35 @@
 """Speculation policy: how many draft tokens each decoding sequence gets this step.
 
 Goal: maximise expected generated tokens per second. With per-token acceptance a, a sequence verifying k drafts
-emits E(a, k) = (1 - a^(k+1)) / (1 - a) tokens in expectation. A step's wall time t(B, K) (draft passes + target verify +
-sampling) is measured online per (batch-size bucket, K). For the decoding batch the policy picks
+emits E(a, k) = (1 - a^(k+1)) / (1 - a) tokens in expectation; a step's wall time comes from `StepCostModel`, fitted
+online to every step. For each allowed cap K the policy gives sequence i
 
-    K* = argmax_K  sum_i E(a_i, min(K, k_max_i)) / t(B, K)
+    k_i = min(K, largest j with a_i^j >= theta),   theta = (tokens/s at K=0) * (seconds per extra draft token)
 
-over the allowed K values (0..K_max, or the runner's compiled set), and gives each sequence min(K*, its own best k),
-where a sequence's own best k uses its acceptance estimate (moving average; the global rate is the prior for new
-requests). K = 0 wins when drafting does not pay: low acceptance, or large batches where a verify pass costs nearly
-(1 + K) decode passes. Each cell keeps its last few step times and uses their median, so one step slowed by a
-noisy neighbour does not condemn a K. Unmeasured (B, K) cells are explored a few times, and K = 0 regimes re-probe
-the least recently measured K now and then, so the table follows load changes. A static policy (`--speculative-policy static`) always grants K_max.
+(the j-th draft of a sequence is worth verifying only if the tokens it is expected to add, a_i^j, pay for the time it
+costs at the current rate), then picks the K whose allocation maximises sum_i E(a_i, k_i) / t(k). K = 0 wins when
+drafting does not pay: low acceptance, or large batches where verify tokens cost nearly what decode tokens do.
+
+Acceptance a_i is estimated per sequence from its verifies (accepted drafts are successes, a rejection is one failure:
+the maximum-likelihood estimate of a geometric acceptance), recency-weighted and pulled toward the global rate, which
+is the prior for new requests. The first steps try every K so the cost model can tell draft passes from tokens; later,
+a long K = 0 stretch re-probes the least recently tried K.
 
 Seeded sampled requests (seed set, temperature > 0) always get K_max: the random draws a request consumes depend on the
 K of each step, so a K that followed load would make the same seed give different text. Greedy requests are
-deterministic at any K and adapt freely.
+deterministic at any K and adapt freely. A static policy (`--speculative-policy static`) always grants K_max.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections import deque
 from collections.abc import Sequence as Seq
 
 from engine.sequence import Sequence
+from engine.spec.cost_model import StepCostModel
 from engine.stats import StepRecord
+
+ACCEPT_DECAY = 0.8  # per verify: weight of a sequence's older evidence
+PRIOR_WEIGHT = 1.0  # pseudo-observations of the global rate in each sequence's estimate
 
 
 def expected_tokens(a: float, k: int) -> float:
@@ -37,9 +41,10 @@ def expected_tokens(a: float, k: int) -> float:
     return (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
-def batch_bucket(b: int) -> int:
-    """Batch sizes share cost cells by power-of-two bucket: 1, 2, 4, 8, ..."""
-    return 1 << max(0, (b - 1).bit_length())
+def record_verify(seq: Sequence, num_draft: int, num_accepted: int) -> None:
+    """Update a sequence's acceptance evidence after a verify of `num_draft` drafts."""
+    seq.accept_successes = ACCEPT_DECAY * seq.accept_successes + num_accepted
+    seq.accept_failures = ACCEPT_DECAY * seq.accept_failures + (1.0 if num_accepted < num_draft else 0.0)
 
 
 def needs_fixed_k(seq: Sequence) -> bool:
@@ -62,108 +67,86 @@ class StaticPolicy:
 
 class AdaptivePolicy:
     def __init__(self, k_max: int, allowed_k: Seq[int] | None = None, *, prior_acceptance: float = 0.6,
-                 acceptance_ema: float = 0.05, explore_samples: int = 3, reprobe_every: int = 50, window: int = 9):
+                 warmup_steps_per_k: int = 4, reprobe_every: int = 64):
         self.ks = sorted(k for k in (allowed_k if allowed_k is not None else range(k_max + 1)) if k <= k_max)
         if 0 not in self.ks:
             self.ks.insert(0, 0)
-        self.global_acceptance = prior_acceptance
-        self.acceptance_ema = acceptance_ema  # weight of one sequence-step in the global acceptance prior
-        self.explore_samples = explore_samples
+        self.cost = StepCostModel()
+        self.global_successes = 4.0 * prior_acceptance  # decayed totals over all sequences' verifies
+        self.global_failures = 4.0 * (1.0 - prior_acceptance)
+        self.warmup_steps_per_k = warmup_steps_per_k
         self.reprobe_every = reprobe_every
-        self.window = window
-        self.cost: dict[tuple[int, int], float] = {}  # (batch bucket, K) -> median of recent step seconds
-        self.recent: dict[tuple[int, int], deque[float]] = {}
-        self.samples: dict[tuple[int, int], int] = {}
-        self.last_measured: dict[tuple[int, int], int] = {}  # cell -> step counter when last measured
-        self.step_counter = 0
+        self.steps = 0
         self.steps_since_spec = 0
-        self._last_choice: tuple[int, int] | None = None
+        self.last_tried: dict[int, int] = {}
 
-    # -- the model -------------------------------------------------------------------------------------------------
+    @property
+    def global_acceptance(self) -> float:
+        return self.global_successes / (self.global_successes + self.global_failures)
 
     def acceptance(self, seq: Sequence) -> float:
-        return self.global_acceptance if seq.acceptance_estimate is None else seq.acceptance_estimate
+        s, f = seq.accept_successes, seq.accept_failures
+        return (s + PRIOR_WEIGHT * self.global_acceptance) / (s + f + PRIOR_WEIGHT)
 
-    def step_cost(self, bucket: int, k: int) -> float | None:
-        """Measured seconds for (bucket, k); unmeasured: extrapolated from K=0 assuming each draft position costs
-        what the measured neighbour K suggests, else a conservative 30% of a decode step per draft position."""
-        if (bucket, k) in self.cost:
-            return self.cost[(bucket, k)]
-        base = self.cost.get((bucket, 0))
-        if base is None:
-            return None
-        known = [(kk, c) for (b, kk), c in self.cost.items() if b == bucket and kk > 0]
-        per_k = max(((c - base) / kk for kk, c in known), default=0.3 * base)
-        return base + per_k * k
+    # -- choosing ------------------------------------------------------------------------------------------------
 
     def choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
-        ks = self._choose(seqs)
         k_max = self.ks[-1]
-        return [k_max if s.params.speculative and needs_fixed_k(s) else k for s, k in zip(seqs, ks)]
+        adaptive = [s.params.speculative and not needs_fixed_k(s) for s in seqs]
+        ks = self._choose([s for s, a in zip(seqs, adaptive) if a])
+        it = iter(ks)
+        return [next(it) if a else (k_max if s.params.speculative else 0) for s, a in zip(seqs, adaptive)]
 
     def _choose(self, seqs: list[Sequence]) -> list[int]:
-        spec = [s.params.speculative and not needs_fixed_k(s) for s in seqs]
-        if not any(spec) or len(self.ks) == 1:
+        if not seqs or len(self.ks) == 1:
             return [0] * len(seqs)
-        bucket = batch_bucket(len(seqs))
+        warmup = self.warmup_steps_per_k * len(self.ks)
+        if self.steps < warmup or not self.cost.ready:
+            return self._uniform(seqs, self.ks[self.steps % len(self.ks)])  # try every K while the model forms
         accept = [self.acceptance(s) for s in seqs]
-        # Explore: measure each K cell a few times before trusting the table.
+        best_k, best_rate, best_alloc = 0, -1.0, [0] * len(seqs)
+        b = len(seqs)
+        t0 = self.cost.predict(b, 0, 0)
+        per_draft = max(self.cost.predict(b, 1, 0) - t0, 1e-9)  # seconds one more verified draft token costs
+        theta = (b / max(t0, 1e-9)) * per_draft  # tokens a draft must be expected to add to pay for itself
         for k in self.ks:
-            if self.samples.get((bucket, k), 0) < self.explore_samples:
-                return self._grant(seqs, spec, accept, k, bucket)
-        best_k, best_rate = 0, -1.0
-        for k in self.ks:
-            cost = self.step_cost(bucket, k)
-            expected = sum(expected_tokens(a, k) if sp else 1.0 for a, sp in zip(accept, spec))
-            rate = expected / cost
+            alloc = [self._own_k(a, k, theta) for a in accept]
+            t = self.cost.predict(b, sum(alloc), max(alloc))
+            rate = sum(expected_tokens(a, kk) for a, kk in zip(accept, alloc)) / max(t, 1e-9)
             if rate > best_rate:
-                best_k, best_rate = k, rate
+                best_k, best_rate, best_alloc = k, rate, alloc
         if best_k == 0 and self.steps_since_spec >= self.reprobe_every:
-            # Re-probe the K measured longest ago: acceptance or load may have changed.
-            best_k = min(self.ks[1:], key=lambda k: self.last_measured.get((bucket, k), -1))
-        return self._grant(seqs, spec, accept, best_k, bucket)
+            stale = min(self.ks[1:], key=lambda kk: self.last_tried.get(kk, -1))
+            return self._uniform(seqs, stale)  # acceptance or load may have changed
+        return best_alloc
 
-    def _grant(self, seqs, spec, accept, k: int, bucket: int) -> list[int]:
-        self._last_choice = (bucket, k)
-        if k == 0:
-            return [0] * len(seqs)
-        base = self.step_cost(bucket, 0)
-        cost_k = self.step_cost(bucket, k)
-        out = []
-        for sp, a in zip(spec, accept):
-            if not sp:
-                out.append(0)
-                continue
-            # A sequence's own best k at this step's marginal cost per draft position (relative to a decode step).
-            if base and cost_k and len(seqs) > 1:
-                c = max(0.0, (cost_k - base) / (k * base))
-                own = max((j for j in self.ks if j <= k), key=lambda j: expected_tokens(a, j) / (1.0 + c * j))
-                out.append(own if own > 0 else 0)
-            else:
-                out.append(k)
-        return out
+    def _own_k(self, a: float, cap: int, theta: float) -> int:
+        """Largest allowed k <= cap whose last draft is still worth its cost (a^k >= theta)."""
+        own = 0
+        for k in self.ks:
+            if 0 < k <= cap and a ** k >= theta:
+                own = k
+        return own
+
+    def _uniform(self, seqs: list[Sequence], k: int) -> list[int]:
+        return [k] * len(seqs)
+
+    # -- learning ------------------------------------------------------------------------------------------------
 
     def observe(self, rec: StepRecord) -> None:
+        self.steps += 1
         for d, acc in zip(rec.num_draft, rec.num_accepted):
             if d:
-                self.global_acceptance += self.acceptance_ema * (acc / d - self.global_acceptance)
-        if rec.total_draft:
+                self.global_successes = 0.98 * self.global_successes + acc
+                self.global_failures = 0.98 * self.global_failures + (1.0 if acc < d else 0.0)
+        passes = max(rec.num_draft, default=0)
+        if passes:
             self.steps_since_spec = 0
+            self.last_tried[passes] = self.steps
         else:
             self.steps_since_spec += 1
-        # Only pure decode steps measure the cost table (a prefill chunk in the step would inflate it).
-        if self._last_choice is None or rec.num_prefill_tokens or not rec.batch_size:
-            return
-        bucket, k = self._last_choice
-        if batch_bucket(rec.batch_size) != bucket:
-            return
-        key = (bucket, k)
-        window = self.recent.setdefault(key, deque(maxlen=self.window))
-        window.append(rec.seconds)
-        self.cost[key] = statistics.median(window)
-        self.samples[key] = self.samples.get(key, 0) + 1
-        self.step_counter += 1
-        self.last_measured[key] = self.step_counter
+        if rec.batch_size or rec.num_prefill_tokens:
+            self.cost.observe(rec.batch_size, rec.total_draft, passes, rec.num_prefill_tokens, rec.seconds)
 
 
 def make_policy(kind: str, k_max: int, allowed_k: Seq[int] | None = None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.sampling.params import SamplingParams
 from engine.sequence import Sequence
-from engine.spec.policy import AdaptivePolicy, StaticPolicy, expected_tokens
+from engine.spec.policy import AdaptivePolicy, StaticPolicy, expected_tokens, record_verify
 from engine.stats import StepRecord
 
 
@@ -12,7 +12,8 @@ def seqs(n: int, acceptance: float | None = None, speculative: bool = True) -> l
     out = []
     for i in range(n):
         s = Sequence(f"r{i}-0", f"r{i}", 0, [1, 2, 3], SamplingParams(speculative=speculative), 100, frozenset())
-        s.acceptance_estimate = acceptance
+        if acceptance is not None:  # evidence worth 20 verifies
+            s.accept_successes, s.accept_failures = 20 * acceptance, 20 * (1 - acceptance)
         out.append(s)
     return out
 
@@ -27,7 +28,7 @@ def drive(policy, batch: list[Sequence], acceptance: float, steps: int, cost=lam
         accepted = [round(acceptance * kk) for kk in k_per_seq]
         for s, kk, a in zip(batch, k_per_seq, accepted):
             if kk:
-                s.acceptance_estimate = a / kk if s.acceptance_estimate is None else 0.7 * s.acceptance_estimate + 0.3 * a / kk
+                record_verify(s, kk, a)
         policy.observe(StepRecord(len(batch), 0, k_per_seq, accepted, sum(accepted) + len(batch), cost(len(batch), k)))
         ks.append(k)
     return ks
@@ -81,5 +82,20 @@ def test_seeded_sampled_requests_get_a_load_independent_k():
     for _ in range(40):
         ks = policy.choose_k(batch, 1000)
         assert ks[1] == 4
-        policy.observe(StepRecord(2, 0, ks, [0, 0], 2, 0.01 * (1 + max(ks))))
+        policy.observe(StepRecord(2, 0, ks, [0, 0], 2, 0.01 + 0.005 * sum(ks)))
     assert ks[0] == 0  # the unseeded one adapted down
+
+
+def test_cost_model_recovers_coefficients_and_ignores_preempted_steps():
+    from engine.spec.cost_model import StepCostModel
+
+    true = dict(c0=0.020, rows=0.001, draft=0.0005, passes=0.004, prefill=0.0001)
+    m = StepCostModel()
+    for i in range(200):
+        b, k, f = 1 + i % 16, i % 5, (i * 37) % 300
+        t = true["c0"] + true["rows"] * b + true["draft"] * b * k + true["passes"] * k + true["prefill"] * f
+        if i % 23 == 0:
+            t *= 5  # a step that lost the CPU to a neighbour
+        m.observe(b, b * k, k, f, t)
+    assert abs(m.predict(8, 32, 4) - (0.020 + 0.008 + 0.016 + 0.016)) < 1e-3
+    assert abs(m.predict(1, 0, 0) - 0.021) < 1e-3
