@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 SCHEMA = "specserve-bench/1"
@@ -69,21 +71,24 @@ def plot_runs(runs: list[dict[str, Any]], out_prefix: str | Path, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_cfg: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_cfg: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         if r.get("concurrency") and not r.get("request_rate"):
-            by_cfg[r.get("config", "server")].append(r)
+            by_cfg[r.get("config", "server")][r["concurrency"]].append(r["metrics"])
     if not by_cfg:
         return []
     paths = []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for cfg, rs in by_cfg.items():
-        rs = sorted(rs, key=lambda r: r["concurrency"])
-        ax.plot([r["concurrency"] for r in rs], [r["metrics"]["output_throughput"] or 0 for r in rs], marker="o",
-                label=cfg)
+    for cfg, levels in by_cfg.items():  # median over repeats, bars span min..max
+        xs = sorted(levels)
+        ys = [[m["output_throughput"] or 0 for m in levels[x]] for x in xs]
+        med = [median(y) for y in ys]
+        ax.errorbar(xs, med, yerr=[[m - min(y) for m, y in zip(med, ys, strict=True)],
+                                   [max(y) - m for m, y in zip(med, ys, strict=True)]],
+                    marker="o", capsize=3, label=cfg)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency (requests in flight)")
-    ax.set_ylabel("output tokens/s")
+    ax.set_ylabel("output tokens/s (median of repeats, bars: min-max)")
     ax.set_title(title or "throughput vs concurrency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -95,13 +100,12 @@ def plot_runs(runs: list[dict[str, Any]], out_prefix: str | Path, title: str = "
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     styles = {50: "-", 90: "--", 99: ":"}
-    for i, (cfg, rs) in enumerate(by_cfg.items()):
-        rs = sorted(rs, key=lambda r: r["concurrency"])
+    for i, (cfg, levels) in enumerate(by_cfg.items()):
+        xs = sorted(levels)
         color = f"C{i}"
         for pct, ls in styles.items():
-            ys = [(r["metrics"]["itl_s"].get(f"p{pct}") or 0) * 1000 for r in rs]
-            ax.plot([r["concurrency"] for r in rs], ys, ls, color=color, marker="o", markersize=3,
-                    label=f"{cfg} p{pct}")
+            ys = [median((m["itl_s"].get(f"p{pct}") or 0) * 1000 for m in levels[x]) for x in xs]
+            ax.plot(xs, ys, ls, color=color, marker="o", markersize=3, label=f"{cfg} p{pct}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("concurrency (requests in flight)")
@@ -115,3 +119,9 @@ def plot_runs(runs: list[dict[str, Any]], out_prefix: str | Path, title: str = "
     plt.close(fig)
     paths.append(p)
     return paths
+
+
+if __name__ == "__main__":  # re-plot a saved run: python -m server.bench.report FILE.json [TITLE]
+    doc = json.loads(Path(sys.argv[1]).read_text())
+    for path in plot_runs(doc["runs"], Path(sys.argv[1]).with_suffix(""), sys.argv[2] if len(sys.argv) > 2 else ""):
+        print(path)
