@@ -412,6 +412,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-prompts", type=int, default=40)
     ap.add_argument("--eval-new-tokens", type=int, default=48)
     ap.add_argument("--resume-target", action="store_true", help="reuse <work>/target_ckpt.pt instead of training")
+    ap.add_argument("--target-extra-minutes", type=float, default=0.0,
+                    help="with --resume-target: continue training the checkpoint this long (fresh AdamW, short warmup, "
+                         "cosine from --target-extra-lr)")
+    ap.add_argument("--target-extra-lr", type=float, default=8e-4)
     args = ap.parse_args(argv)
 
     global LOG_FILE
@@ -487,7 +491,18 @@ def main(argv=None) -> int:
         target.load_state_dict(torch.load(work / "target_ckpt.pt"))
         target.eval()
         tstats = json.loads((work / "target_stats.json").read_text())
-        log("target: resumed from checkpoint")
+        log("target: resumed from checkpoint", tstats)
+        if args.target_extra_minutes > 0:
+            sample_fn(target)
+            extra = train_loop("target", target, target_step, steps=10 ** 9, minutes=args.target_extra_minutes,
+                               peak_lr=args.target_extra_lr, warmup_frac=0.03, wd=0.1, ckpt_dir=work,
+                               sample_fn=sample_fn, sample_every=200)
+            tstats = {"steps": tstats["steps"] + extra["steps"], "seconds": tstats["seconds"] + extra["seconds"],
+                      "final_train_loss_ema": extra["final_train_loss_ema"],
+                      "first_command": tstats.get("first_command"),
+                      "phases": tstats.get("phases", [tstats]) + [dict(extra, resumed=True,
+                                                                       peak_lr=args.target_extra_lr)]}
+            (work / "target_stats.json").write_text(json.dumps(tstats))
     else:
         tstats = train_loop("target", target, target_step, steps=args.target_steps, minutes=args.target_minutes,
                             peak_lr=args.target_lr, warmup_frac=0.04, wd=0.1, ckpt_dir=work, sample_fn=sample_fn,
@@ -697,7 +712,21 @@ def model_card(m: dict) -> str:
         f"- Environment: Python {m['env']['python']}, torch {m['env']['torch']}, {m['env']['threads']} CPU threads "
         f"({m['env']['machine']}), bf16 autocast.",
         f"- Command: `{m['command']}`",
-        f"- Total wall time (corpus, tokenizer, both trainings, evaluation): {m['total_seconds'] / 60:.1f} min. "
+    ]
+    phases = m["target_train"].get("phases")
+    if phases:
+        lines += [
+            f"- The target was trained in {len(phases)} runs of this script: first "
+            f"`{m['target_train'].get('first_command', '(same script, default arguments)')}` "
+            f"({phases[0]['steps']} steps, {phases[0]['seconds'] / 60:.1f} min, its own draft and evaluation "
+            "discarded), then the command above resumed the target checkpoint ("
+            + ", ".join(f"{p['steps']} more steps in {p['seconds'] / 60:.1f} min from peak LR {p.get('peak_lr')}"
+                        for p in phases[1:])
+            + "), distilled the draft from it and evaluated both.",
+        ]
+    lines += [
+        f"- Wall time of the run that wrote these files (corpus, tokenizer, "
+        f"{'target continuation' if phases else 'target'}, draft, evaluation): {m['total_seconds'] / 60:.1f} min. "
         "Training length is capped by steps and by wall time (`--target-minutes`, `--draft-minutes`), so step counts "
         "depend on the machine's load; give `--target-minutes 0 --draft-minutes 0` for a step-exact rerun.",
         f"- About {m['args']['chat_frac'] * 100:.0f} % of the training text is short 'continue this code' chat turns "
