@@ -8,12 +8,15 @@ online to every step. For each allowed cap K the policy gives sequence i
 
 (the j-th draft of a sequence is worth verifying only if the tokens it is expected to add, a_i^j, pay for the time it
 costs at the current rate), then picks the K whose allocation maximises sum_i E(a_i, k_i) / t(k). K = 0 wins when
-drafting does not pay: low acceptance, or large batches where verify tokens cost nearly what decode tokens do.
+drafting does not pay: low acceptance, or large batches where verify tokens cost nearly what decode tokens do. As a
+reality check on the fitted model, if recent drafting steps at this batch-size bucket delivered fewer tokens per second
+than recent K = 0 steps there (the median of each), K = 0 is chosen.
 
 Acceptance a_i is estimated per sequence from its verifies (accepted drafts are successes, a rejection is one failure:
 the maximum-likelihood estimate of a geometric acceptance), recency-weighted and pulled toward the global rate, which
 is the prior for new requests. The first steps try every K so the cost model can tell draft passes from tokens; later,
-a long K = 0 stretch re-probes the least recently tried K.
+every `probe_every` steps one step runs the K tried longest ago (K = 0 included), so the window never holds a single K
+only — then rows and draft tokens would be collinear and the model could not price the alternatives.
 
 Seeded sampled requests (seed set, temperature > 0) always get K_max: the random draws a request consumes depend on the
 K of each step, so a K that followed load would make the same seed give different text. Greedy requests are
@@ -22,6 +25,8 @@ deterministic at any K and adapt freely. A static policy (`--speculative-policy 
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Sequence as Seq
 
 from engine.sequence import Sequence
@@ -39,6 +44,11 @@ def expected_tokens(a: float, k: int) -> float:
     if a >= 1.0:
         return k + 1.0
     return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def batch_bucket(b: int) -> int:
+    """Batch sizes share realized-rate history by power-of-two bucket: 1, 2, 4, 8, ..."""
+    return 1 << max(0, (b - 1).bit_length())
 
 
 def record_verify(seq: Sequence, num_draft: int, num_accepted: int) -> None:
@@ -67,7 +77,7 @@ class StaticPolicy:
 
 class AdaptivePolicy:
     def __init__(self, k_max: int, allowed_k: Seq[int] | None = None, *, prior_acceptance: float = 0.6,
-                 warmup_steps_per_k: int = 4, reprobe_every: int = 64):
+                 warmup_steps_per_k: int = 4, probe_every: int = 32):
         self.ks = sorted(k for k in (allowed_k if allowed_k is not None else range(k_max + 1)) if k <= k_max)
         if 0 not in self.ks:
             self.ks.insert(0, 0)
@@ -75,10 +85,12 @@ class AdaptivePolicy:
         self.global_successes = 4.0 * prior_acceptance  # decayed totals over all sequences' verifies
         self.global_failures = 4.0 * (1.0 - prior_acceptance)
         self.warmup_steps_per_k = warmup_steps_per_k
-        self.reprobe_every = reprobe_every
+        self.probe_every = probe_every
         self.steps = 0
-        self.steps_since_spec = 0
-        self.last_tried: dict[int, int] = {}
+        self.last_probe = 0
+        self.last_tried: dict[int, int] = {}  # K -> step it last ran (as the longest draft of a step)
+        # (batch bucket, drafted?) -> recent realized tokens/s of decode-only steps: the model's reality check
+        self.realized: dict[tuple[int, bool], deque[float]] = {}
 
     @property
     def global_acceptance(self) -> float:
@@ -115,10 +127,23 @@ class AdaptivePolicy:
             rate = sum(expected_tokens(a, kk) for a, kk in zip(accept, alloc)) / max(t, 1e-9)
             if rate > best_rate:
                 best_k, best_rate, best_alloc = k, rate, alloc
-        if best_k == 0 and self.steps_since_spec >= self.reprobe_every:
-            stale = min(self.ks[1:], key=lambda kk: self.last_tried.get(kk, -1))
-            return self._uniform(seqs, stale)  # acceptance or load may have changed
+        if best_k and self._measured_worse_than_k0(b):
+            best_k, best_alloc = 0, [0] * len(seqs)
+        if self.steps - self.last_probe >= self.probe_every:
+            # Probe the K tried longest ago (K = 0 included): while one K runs, the window holds only its steps and
+            # the model cannot tell rows from drafts; acceptance or load may also have moved.
+            self.last_probe = self.steps
+            stale = min((kk for kk in self.ks if kk != best_k), key=lambda kk: self.last_tried.get(kk, -1))
+            return self._uniform(seqs, stale)
         return best_alloc
+
+    def _measured_worse_than_k0(self, batch: int) -> bool:
+        """Guard against a mis-fitted model: at this batch-size bucket, did recent drafting steps actually deliver
+        fewer tokens per second than recent K = 0 steps (the probes supply those)?"""
+        drafted, plain = self.realized.get((batch_bucket(batch), True)), self.realized.get((batch_bucket(batch), False))
+        if not drafted or not plain or len(drafted) < 3 or len(plain) < 3:
+            return False
+        return statistics.median(drafted) < statistics.median(plain)
 
     def _own_k(self, a: float, cap: int, theta: float) -> int:
         """Largest allowed k <= cap whose last draft is still worth its cost (a^k >= theta)."""
@@ -140,11 +165,11 @@ class AdaptivePolicy:
                 self.global_successes = 0.98 * self.global_successes + acc
                 self.global_failures = 0.98 * self.global_failures + (1.0 if acc < d else 0.0)
         passes = max(rec.num_draft, default=0)
-        if passes:
-            self.steps_since_spec = 0
+        if rec.batch_size:
             self.last_tried[passes] = self.steps
-        else:
-            self.steps_since_spec += 1
+            if not rec.num_prefill_tokens and rec.seconds > 0:  # decode-only steps: realized tokens per second
+                key = (batch_bucket(rec.batch_size), passes > 0)
+                self.realized.setdefault(key, deque(maxlen=8)).append(rec.emitted_tokens / rec.seconds)
         if rec.batch_size or rec.num_prefill_tokens:
             self.cost.observe(rec.batch_size, rec.total_draft, passes, rec.num_prefill_tokens, rec.seconds)
 
