@@ -18,7 +18,7 @@ from engine.errors import InvalidRequestError, PromptTooLongError, QueueFullErro
 from engine.outputs import RequestOutput
 from engine.runners.base import ForwardBatch, Runner
 from engine.sampling.params import SamplingParams
-from engine.scheduler import Scheduler, ScheduledRow, no_speculation
+from engine.scheduler import ScheduledRow, Scheduler, no_speculation
 from engine.select import Selection, select_tokens
 from engine.sequence import Sequence
 from engine.spec.base import Proposer
@@ -178,7 +178,7 @@ class LLMEngine:
         drafted = [len(r.seq.draft_ids) for r in sampled]
         selections = self._select(logits, sampled, draft_probs)
         now = time.monotonic()
-        for r, sel in zip(sampled, selections):
+        for r, sel in zip(sampled, selections, strict=True):
             if sel is not None:
                 self._apply(r.seq, sel, now)
         self._record_step(num_prefill_tokens, drafted, selections, time.perf_counter() - t0)
@@ -194,7 +194,7 @@ class LLMEngine:
             return {}
         seqs = [r.seq for r in rows]
         probs = self.proposer.propose(seqs, [r.max_draft for r in rows])
-        return dict(zip(seqs, probs))
+        return dict(zip(seqs, probs, strict=True))
 
     def _select(self, logits: torch.Tensor, rows: list[ScheduledRow],
                 draft_probs: dict[Sequence, torch.Tensor | None]) -> list[Selection | None]:
@@ -208,7 +208,7 @@ class LLMEngine:
             log.exception("batched token selection failed; isolating the failing request")
         out: list[Selection | None] = []
         start = 0
-        for seq, d, p in zip(seqs, drafts, probs):
+        for seq, d, p in zip(seqs, drafts, probs, strict=True):
             block = logits[start:start + len(d) + 1]
             start += len(d) + 1
             try:

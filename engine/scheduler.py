@@ -80,7 +80,7 @@ class Scheduler:
         decoding = [s for s in self.running if not s.in_prefill]
         budget -= len(decoding)
         ks = k_policy(decoding, budget) if decoding else []
-        for seq, k in zip(decoding, ks):
+        for seq, k in zip(decoding, ks, strict=True):
             # Drafts past the sequence's last allowed position would be wasted (and could overflow the slot).
             k = max(0, min(k, seq.max_total_len - seq.num_tokens - 1, budget))
             budget -= k

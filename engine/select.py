@@ -44,7 +44,7 @@ def select_tokens(
 
     `draft_probs[i]`: `[len(drafts[i]), V]` processed draft distribution, or None for one-hot drafts (n-gram).
     """
-    ctxs = [c for seq, d in zip(seqs, drafts) for c in row_contexts(seq, d)]
+    ctxs = [c for seq, d in zip(seqs, drafts, strict=True) for c in row_contexts(seq, d)]
     processed = process_logits(logits, ctxs)  # (N, V)
     any_drafts = any(drafts)
     if not any_drafts:
@@ -60,7 +60,7 @@ def select_tokens(
         )
 
     logprob_lists = _logprobs(logits, seqs, drafts, emitted)
-    return [Selection(tok, len(tok) - 1, lp) for tok, lp in zip(emitted, logprob_lists)]
+    return [Selection(tok, len(tok) - 1, lp) for tok, lp in zip(emitted, logprob_lists, strict=True)]
 
 
 def _logprobs(logits, seqs, drafts, emitted) -> list[list[TokenLogprob] | None]:
@@ -69,7 +69,7 @@ def _logprobs(logits, seqs, drafts, emitted) -> list[list[TokenLogprob] | None]:
         return [None] * len(seqs)
     rows, toks, tops, owner = [], [], [], []
     base = 0
-    for i, (seq, d, tok) in enumerate(zip(seqs, drafts, emitted)):
+    for i, (seq, d, tok) in enumerate(zip(seqs, drafts, emitted, strict=True)):
         if seq.params.logprobs is not None:
             for j, t in enumerate(tok):
                 rows.append(base + j)
@@ -80,6 +80,6 @@ def _logprobs(logits, seqs, drafts, emitted) -> list[list[TokenLogprob] | None]:
     index = torch.tensor(rows, dtype=torch.long, device=logits.device)
     lps = compute_logprobs(logits[index], torch.tensor(toks, dtype=torch.long), tops)
     out: list[list[TokenLogprob] | None] = [None if s.params.logprobs is None else [] for s in seqs]
-    for i, lp in zip(owner, lps):
+    for i, lp in zip(owner, lps, strict=True):
         out[i].append(lp)
     return out

@@ -48,7 +48,7 @@ class EngineCounters:
             self.batch_sizes[rec.batch_size] += 1
         if rec.total_draft:
             self.spec_steps += 1
-        for k, a in zip(rec.num_draft, rec.num_accepted):
+        for k, a in zip(rec.num_draft, rec.num_accepted, strict=True):
             self.k_chosen[k] += 1
             self.draft_tokens += k
             self.accepted_tokens += a

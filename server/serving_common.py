@@ -8,6 +8,7 @@ proper HTTP status), then either collect a JSON body or stream SSE chunks (error
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import logging
@@ -167,7 +168,7 @@ class EngineRun:
             t.cancel()
 
 
-class Serving:
+class Serving(abc.ABC):
     """Template for one endpoint: subclasses submit the request and turn outputs into a body or SSE chunks."""
 
     endpoint = "?"
@@ -178,15 +179,18 @@ class Serving:
 
     # --- subclass hooks ------------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     async def submit(self, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
         """Validate `req` and add it to the engine; return the engine streams. Raise for any 4xx/5xx."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def collect(self, run: EngineRun, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def chunks(self, run: EngineRun, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> AsyncIterator[str]:
-        raise NotImplementedError
+        ...
 
     # --- the template --------------------------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ import torch
 
 from tests.helpers.tiny_models import make_tiny_pair
 
-
 # Tests run beside server subprocesses on a 2-core machine: with several processes each spinning 2 OpenMP threads the
 # tiny models' ops slow down ~10x (barrier waits). One intra-op thread per process, inherited by subprocesses.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

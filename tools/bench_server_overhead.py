@@ -16,33 +16,16 @@ import asyncio
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.sampling.params import SamplingParams  # noqa: E402
 from server.bench.compare import Server, free_port  # noqa: E402
 from server.bench.datasets import load_dataset  # noqa: E402
 from server.bench.loadgen import RequestSpec, run_load  # noqa: E402
 from server.bench.report import machine_info  # noqa: E402
-from server.bench.synthetic import build_random_llama, engine_for  # noqa: E402
-
-
-def inprocess(engine, prompts: list[list[int]], n: int, conc: int, total: int, tag: str) -> float:
-    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
-    sent = live = got = 0
-    t0 = time.perf_counter()
-    while sent < total or live:
-        while live < conc and sent < total:
-            engine.add_request(f"{tag}-{sent}", prompts[sent % len(prompts)], params)
-            sent += 1
-            live += 1
-        for o in engine.step():
-            got += len(o.token_ids)
-            live -= int(o.finished)
-    return got / (time.perf_counter() - t0)
+from server.bench.synthetic import build_random_llama, drive_in_process, engine_for  # noqa: E402
 
 
 def over_http(base_url: str, items: list[dict], n: int, conc: int, total: int) -> float:
@@ -95,7 +78,7 @@ def main() -> int:
         for conc in levels:  # warm-up both sides
             total = args.requests or max(8, 2 * conc)
             over_http(server.base_url, items, 4, conc, conc)
-            inprocess(engine, prompts, 4, conc, conc, f"w{conc}")
+            drive_in_process(engine, prompts, 4, conc, conc, f"w{conc}")
         for rnd in range(args.rounds):
             for conc in levels:
                 total = args.requests or max(8, 2 * conc)
@@ -103,7 +86,7 @@ def main() -> int:
                 got = {}
                 for side in sides:
                     got[side] = (over_http(server.base_url, items, n, conc, total) if side == "http"
-                                 else inprocess(engine, prompts, n, conc, total, f"r{rnd}c{conc}"))
+                                 else drive_in_process(engine, prompts, n, conc, total, f"r{rnd}c{conc}"))
                 lv = res["levels"].setdefault(str(conc), {"http": [], "inproc": [], "ratio": []})
                 lv["http"].append(got["http"])
                 lv["inproc"].append(got["inproc"])

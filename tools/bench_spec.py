@@ -34,7 +34,7 @@ from engine.runners.base import ForwardBatch  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
 from engine.spec.policy import expected_tokens  # noqa: E402
 from server.bench.report import machine_info  # noqa: E402
-from server.bench.synthetic import build_agreeing_pair, engine_for  # noqa: E402
+from server.bench.synthetic import build_agreeing_pair, drive_in_process, engine_for  # noqa: E402
 
 CONFIGS = ("k0", "static", "adaptive")
 
@@ -133,20 +133,6 @@ def batch1(engines: dict, prompts: list[list[int]], args) -> dict:
     return out
 
 
-def drive(engine, prompts: list[list[int]], n: int, conc: int, total: int, tag: str) -> float:
-    """Tokens/s with `conc` requests kept in flight until `total` have been sent."""
-    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
-    sent = live = got = 0
-    t0 = time.perf_counter()
-    while sent < total or live:
-        while live < conc and sent < total:
-            engine.add_request(f"{tag}-{sent}", prompts[sent % len(prompts)], params)
-            sent += 1
-            live += 1
-        for o in engine.step():
-            got += len(o.token_ids)
-            live -= int(o.finished)
-    return got / (time.perf_counter() - t0)
 
 
 def sweep(engines: dict, prompts: list[list[int]], args) -> dict:
@@ -157,8 +143,8 @@ def sweep(engines: dict, prompts: list[list[int]], args) -> dict:
         for name in names:
             # Warm-up wave at this concurrency: the adaptive policy measures its (batch bucket, K) cells here, so the
             # measured run shows its steady state (exploration of a cold bucket is not counted, for any config).
-            drive(engines[name], prompts, args.sweep_tokens, conc, conc, f"w{name}{conc}")
-            out.setdefault(name, {})[conc] = drive(engines[name], prompts, args.sweep_tokens, conc, total,
+            drive_in_process(engines[name], prompts, args.sweep_tokens, conc, conc, f"w{name}{conc}")
+            out.setdefault(name, {})[conc] = drive_in_process(engines[name], prompts, args.sweep_tokens, conc, total,
                                                    f"s{name}{conc}")
         best = max(out["k0"][conc], out["static"][conc])
         print(f"  c={conc:3d}  " + "  ".join(f"{n} {out[n][conc]:8.1f}" for n in CONFIGS)

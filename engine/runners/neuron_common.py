@@ -30,6 +30,7 @@ own mirror (what it wrote to each slot since the slot was last released) is the 
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import logging
@@ -182,7 +183,7 @@ class _WindowRow:
 
 
 @dataclass
-class SlotKVRunner:
+class SlotKVRunner(abc.ABC):
     """Runner protocol over three backend calls a subclass provides (all slot tensors are `(max_slots,)`, slot i in
     row i):
 
@@ -233,7 +234,7 @@ class SlotKVRunner:
                 "shorten the prompt or restart the server with a larger --neuron-context-buckets entry",
                 param="messages")
 
-    def check_params(self, params) -> None:
+    def check_params(self, params) -> None:  # noqa: B027  (a default hook, not abstract)
         """Sampling limits of this runner (none unless a subclass runs sampling on device)."""
 
     def release_slot(self, slot: int) -> None:
@@ -364,14 +365,17 @@ class SlotKVRunner:
 
     # -- backend calls ---------------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _context(self, slot: int, tokens: list[int]) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _decode(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _window(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
 
 def timed(fn):

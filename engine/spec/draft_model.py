@@ -28,7 +28,7 @@ class DraftModelProposer:
         self.runner = runner
 
     def propose(self, seqs: list[Sequence], max_drafts: list[int]) -> list[torch.Tensor | None]:
-        active = [(s, k) for s, k in zip(seqs, max_drafts) if k > 0]
+        active = [(s, k) for s, k in zip(seqs, max_drafts, strict=True) if k > 0]
         probs: dict[Sequence, list[torch.Tensor]] = {s: [] for s, _ in active}
         for s in seqs:
             s.draft_ids = []
@@ -46,14 +46,14 @@ class DraftModelProposer:
                 live_slots=[s.slot for s in seqs],
             )
             logits = self.runner.execute(batch)  # (len(rows), V)
-            for (s, _), t in zip(rows, tokens):
+            for (s, _), t in zip(rows, tokens, strict=True):
                 s.draft_num_computed += len(t)
             ctxs = [RowContext(s.params, s.prompt_ids, s.output_ids + s.draft_ids, s.stop_token_ids) for s, _ in rows]
             row_probs = probs_from_processed(process_logits(logits, ctxs))  # (R, V)
             greedy = torch.tensor([s.params.greedy for s, _ in rows], device=row_probs.device)
             sampled = sample_from_probs(row_probs, [s.generator for s, _ in rows])
             chosen = torch.where(greedy, row_probs.argmax(dim=-1), sampled).tolist()
-            for i, ((s, _), tok) in enumerate(zip(rows, chosen)):
+            for i, ((s, _), tok) in enumerate(zip(rows, chosen, strict=True)):
                 s.draft_ids.append(tok)
                 probs[s].append(row_probs[i])
             step += 1

@@ -36,7 +36,7 @@ class NgramProposer:
         self.min_n, self.max_n = min_n, max_n
 
     def propose(self, seqs: list[Sequence], max_drafts: list[int]) -> list[torch.Tensor | None]:
-        for seq, k in zip(seqs, max_drafts):
+        for seq, k in zip(seqs, max_drafts, strict=True):
             seq.draft_ids = ngram_lookup(np.asarray(seq.all_ids, dtype=np.int64), self.min_n, self.max_n, k) if k else []
         return [None] * len(seqs)
 

@@ -105,9 +105,9 @@ class AdaptivePolicy:
     def choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
         k_max = self.ks[-1]
         adaptive = [s.params.speculative and not needs_fixed_k(s) for s in seqs]
-        ks = self._choose([s for s, a in zip(seqs, adaptive) if a])
+        ks = self._choose([s for s, a in zip(seqs, adaptive, strict=True) if a])
         it = iter(ks)
-        return [next(it) if a else (k_max if s.params.speculative else 0) for s, a in zip(seqs, adaptive)]
+        return [next(it) if a else (k_max if s.params.speculative else 0) for s, a in zip(seqs, adaptive, strict=True)]
 
     def _choose(self, seqs: list[Sequence]) -> list[int]:
         if not seqs or len(self.ks) == 1:
@@ -124,7 +124,7 @@ class AdaptivePolicy:
         for k in self.ks:
             alloc = [self._own_k(a, k, theta) for a in accept]
             t = self.cost.predict(b, sum(alloc), max(alloc))
-            rate = sum(expected_tokens(a, kk) for a, kk in zip(accept, alloc)) / max(t, 1e-9)
+            rate = sum(expected_tokens(a, kk) for a, kk in zip(accept, alloc, strict=True)) / max(t, 1e-9)
             if rate > best_rate:
                 best_k, best_rate, best_alloc = k, rate, alloc
         if best_k and self._measured_worse_than_k0(b):
@@ -160,7 +160,7 @@ class AdaptivePolicy:
 
     def observe(self, rec: StepRecord) -> None:
         self.steps += 1
-        for d, acc in zip(rec.num_draft, rec.num_accepted):
+        for d, acc in zip(rec.num_draft, rec.num_accepted, strict=True):
             if d:
                 self.global_successes = 0.98 * self.global_successes + acc
                 self.global_failures = 0.98 * self.global_failures + (1.0 if acc < d else 0.0)

@@ -9,10 +9,13 @@ c is about draft_layers / (draft_layers + extra_layers) plus the shared head's s
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from engine.sampling.params import SamplingParams
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>"]
 
@@ -103,3 +106,19 @@ def run_to_idle(engine, max_steps: int = 1_000_000) -> int:
         for o in engine.step():
             n += len(o.token_ids)
     raise RuntimeError("engine did not go idle")
+
+
+def drive_in_process(engine, prompts: list[list[int]], n: int, conc: int, total: int, tag: str) -> float:
+    """Tokens/s with `conc` requests kept in flight until `total` have been sent."""
+    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+    sent = live = got = 0
+    t0 = time.perf_counter()
+    while sent < total or live:
+        while live < conc and sent < total:
+            engine.add_request(f"{tag}-{sent}", prompts[sent % len(prompts)], params)
+            sent += 1
+            live += 1
+        for o in engine.step():
+            got += len(o.token_ids)
+            live -= int(o.finished)
+    return got / (time.perf_counter() - t0)

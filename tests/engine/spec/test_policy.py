@@ -26,7 +26,7 @@ def drive(policy, batch: list[Sequence], acceptance: float, steps: int, cost=lam
         k_per_seq = policy.choose_k(batch, budget=10_000)
         k = max(k_per_seq)
         accepted = [round(acceptance * kk) for kk in k_per_seq]
-        for s, kk, a in zip(batch, k_per_seq, accepted):
+        for s, kk, a in zip(batch, k_per_seq, accepted, strict=True):
             if kk:
                 record_verify(s, kk, a)
         policy.observe(StepRecord(len(batch), 0, k_per_seq, accepted, sum(accepted) + len(batch), cost(len(batch), k)))
