@@ -1,0 +1,75 @@
+"""What differs between the transformers versions specserve runs under (4.47 in the oldest Neuron container, 5.x here).
+
+Two things move between those versions and both are used on user paths:
+
+- `from_pretrained(..., dtype=)` exists only from transformers 4.56; older releases take `torch_dtype=` and, given
+  `dtype=`, put it into the config and fail serialising it (`TypeError: Object of type dtype is not JSON
+  serializable`). `dtype_kwarg(torch.bfloat16)` gives the keyword the installed version understands.
+- transformers 5 writes the rope settings only as `rope_parameters` and the dtype only as `dtype`; 4.x reads
+  `rope_theta` / `rope_scaling` / `torch_dtype` and silently falls back to rope_theta 10000 without them (NxD
+  Inference's `LlamaInferenceConfig` requires `rope_theta` outright). `portable_config_dict` fills both spellings, so a
+  checkpoint specserve writes loads with the same positions under every version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_DTYPE_KEYWORD_SINCE = (4, 56)
+
+
+def transformers_version() -> tuple[int, int]:
+    """(major, minor) of the installed transformers."""
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def dtype_kwarg(dtype: torch.dtype | str) -> dict[str, Any]:
+    """`{"dtype": dtype}` on transformers >= 4.56, `{"torch_dtype": dtype}` before; for `from_pretrained`."""
+    key = "dtype" if transformers_version() >= _DTYPE_KEYWORD_SINCE else "torch_dtype"
+    return {key: dtype}
+
+
+def _dtype_name(value: Any) -> Any:
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return value
+
+
+def portable_config_dict(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an HF `config.json` dict carrying both the 4.x and the 5.x spellings of rope and dtype settings.
+
+    `rope_parameters` (5.x) is `{"rope_type": "default" | "llama3" | ..., "rope_theta": float, ...scaling keys}`;
+    4.x keeps `rope_theta` at the top level and the scaling keys (with `rope_type`, or the older `type`) in
+    `rope_scaling`, which is `None` for plain rope.
+    """
+    out = dict(cfg)
+    params = out.get("rope_parameters")
+    if isinstance(params, dict):
+        params = dict(params)
+        if "rope_theta" in params:
+            out.setdefault("rope_theta", params["rope_theta"])
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+        if scaling.get("rope_type", "default") != "default":
+            scaling.setdefault("type", scaling["rope_type"])  # transformers < 4.45 reads `type`
+            out.setdefault("rope_scaling", scaling)
+        else:
+            out.setdefault("rope_scaling", None)
+    else:
+        theta = out.get("rope_theta", 10000.0)
+        scaling = out.get("rope_scaling")
+        params = {"rope_type": "default", "rope_theta": theta}
+        if isinstance(scaling, dict):
+            params.update({k: v for k, v in scaling.items() if k != "type"})
+            params.setdefault("rope_type", scaling.get("type", "default"))
+        out["rope_parameters"] = params
+        out.setdefault("rope_theta", theta)
+    dtype = _dtype_name(out.get("dtype") or out.get("torch_dtype"))
+    if dtype is not None:
+        out["dtype"] = dtype
+        out["torch_dtype"] = dtype
+    return out
