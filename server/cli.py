@@ -8,6 +8,7 @@ adding `bench` or `neuron-smoke` is one line here plus the module, and a missing
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 import types
@@ -64,9 +65,27 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> set[str]:
     return dests
 
 
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specserve", description="OpenAI-compatible speculative-decoding server")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument error is one line on stderr (`specserve serve: error: ...`) and exit status 2, not the whole
+    usage block before it: with ~40 serve flags the usage was 25 lines and pushed the error out of sight."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def unrecognized(self, extras: list[str]) -> typing.NoReturn:
+        """Unknown flags, reported by the subcommand that got them, with the closest real flag where one is near."""
+        known = [s for a in self._actions for s in a.option_strings]
+        hints = []
+        for arg in extras:
+            close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1) if arg.startswith("--") else []
+            if close:
+                hints.append(f"did you mean {close[0]}?")
+        self.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; {' '.join(hints)}" if hints else ""))
+
+
+def build_parser(argv: list[str]) -> OneLineErrorParser:
+    parser = OneLineErrorParser(prog="specserve", description="OpenAI-compatible speculative-decoding server")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrorParser)
     chosen = argv[0] if argv else None
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -80,7 +99,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             p.set_defaults(_run=lambda args, n=name: _unavailable(n))
             continue
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
@@ -91,7 +110,10 @@ def _unavailable(name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # a mistyped flag of a subcommand: its own usage, not the top-level one
+        getattr(args, "_parser", parser).unrecognized(extras)
     return int(args._run(args) or 0)
 
 

@@ -2,7 +2,8 @@
 
 SIGTERM/SIGINT (first): the server keeps listening but answers new requests with 503, lets in-flight requests finish
 within `drain_timeout` (then aborts the rest), and exits 0. A second signal exits at once. A model that fails to load
-ends the process with status 1; invalid settings print one line and exit 2. Once bound, the server logs
+ends the process with status 1. Invalid settings, model paths that are not checkpoints and a Neuron backend without
+its library are found before the port is bound (server/preflight.py): one line naming the setting, exit 2. Once bound, the server logs
 `specserve listening on http://HOST:PORT` (the real port, also with `--port 0`).
 """
 
@@ -21,6 +22,7 @@ import uvicorn
 
 from config.loader import ConfigError, load_settings
 from server.cli import add_settings_flags
+from server.preflight import PreflightError, preflight
 
 log = logging.getLogger("specserve.server")
 
@@ -91,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     cli = {k: v for k, v in vars(args).items() if k in _SETTINGS_DESTS}
     try:
         settings = load_settings(cli, args.config)
-    except ConfigError as e:
+        preflight(settings)
+    except (ConfigError, PreflightError) as e:
         print(f"specserve serve: error: {e}", file=sys.stderr)
         return 2
     setup_logging(settings.server.log_level)
