@@ -1,7 +1,8 @@
 """Load a Hugging Face Llama-family checkpoint into `LlamaForCausalLM`.
 
-Accepts a local directory (`config.json` + `model.safetensors`, or shards listed in `model.safetensors.index.json`) or a
-hub id resolved with `huggingface_hub.snapshot_download` (honours `HF_HUB_OFFLINE`). HF's separate q/k/v and gate/up
+Accepts a local directory (`config.json` + `model.safetensors`, or shards listed in `model.safetensors.index.json`), a
+`.gguf` file (or a directory holding one), converted once into a cache by `engine.models.gguf`, or a hub id resolved
+with `huggingface_hub.snapshot_download` (honours `HF_HUB_OFFLINE`). HF's separate q/k/v and gate/up
 weights are concatenated into our fused projections; tied checkpoints (no `lm_head.weight`) share the embedding.
 
 The model is built on the meta device and the loaded tensors are assigned, so peak memory is one copy of the weights.
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from engine.models.config import ModelConfig
+from engine.models.gguf import convert_gguf, find_gguf
 from engine.models.llama import LlamaForCausalLM
 
 _SINGLE = "model.safetensors"
@@ -26,9 +28,13 @@ class ModelNotFoundError(FileNotFoundError):
     """Neither a local checkpoint directory nor a resolvable hub id."""
 
 
-def resolve_model_path(path_or_id: str | os.PathLike) -> Path:
-    """A local directory as is; otherwise download (or find in the HF cache) the hub repo `path_or_id`."""
+def resolve_model_path(path_or_id: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local checkpoint directory as is; a GGUF file (or a directory holding one) converted into `cache_dir`
+    (default `$SPECSERVE_CACHE` or ~/.cache/specserve); otherwise download (or find in the HF cache) the hub repo."""
     p = Path(path_or_id).expanduser()
+    gguf_file = find_gguf(p)
+    if gguf_file is not None:
+        return convert_gguf(gguf_file, cache_dir)
     if p.is_dir():
         return p
     name = str(path_or_id)
