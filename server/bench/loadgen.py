@@ -56,6 +56,21 @@ def request_body(item: dict[str, Any], spec: RequestSpec, index: int) -> tuple[s
     return path, body
 
 
+def error_text(status: int, body: str) -> str:
+    """`HTTP 404: <the server's message>` from an OpenAI-shaped error body (`{"error": {"message"}}`; FastAPI's
+    `{"detail"}` too), else the first 200 characters of the body."""
+    message = None
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict):
+            err = data.get("error", data.get("detail"))
+            message = err.get("message") if isinstance(err, dict) else err
+    except ValueError:
+        pass
+    text = str(message) if message else body.strip()
+    return f"HTTP {status}: {text[:200]}"
+
+
 def _chunk_tokens(choice: dict[str, Any]) -> int | None:
     lp = choice.get("logprobs")
     if not lp:
@@ -76,8 +91,7 @@ async def send_one(client: httpx.AsyncClient, base_url: str, item: dict[str, Any
     try:
         async with client.stream("POST", base_url.rstrip("/") + path, json=body, headers=headers) as resp:
             if resp.status_code != 200:
-                text = (await resp.aread()).decode(errors="replace")[:200]
-                res.error = f"HTTP {resp.status_code}: {text}"
+                res.error = error_text(resp.status_code, (await resp.aread()).decode(errors="replace"))
                 return res
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
