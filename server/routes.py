@@ -12,7 +12,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from server.auth import require_api_key
-from server.errors import BadRequestError, BodyTooLargeError, validation_error_from_pydantic
+from server.errors import (
+    BadRequestError,
+    BodyTooLargeError,
+    ModelNotFoundError,
+    validation_error_from_pydantic,
+)
 from server.protocol import ChatCompletionRequest, CompletionRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -91,13 +96,26 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.expose(), media_type=CONTENT_TYPE_LATEST)
 
 
-@v1.get("/models")
-async def list_models(request: Request) -> JSONResponse:
+def _model_card(request: Request) -> dict[str, Any]:
     state = _state(request)
     engine = state.engine if state.engine is not None else state.require_engine()  # 503 while loading
-    card = {"id": engine.model_name, "object": "model", "created": state.started_at, "owned_by": "specserve",
+    return {"id": engine.model_name, "object": "model", "created": state.started_at, "owned_by": "specserve",
             "max_model_len": engine.max_model_len}
-    return JSONResponse({"object": "list", "data": [card]})
+
+
+@v1.get("/models")
+async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": [_model_card(request)]})
+
+
+@v1.get("/models/{model_id:path}")  # :path: hub-style names ("org/name") hold a slash
+async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
+    """`client.models.retrieve(id)`: the model card, or 404 model_not_found in OpenAI's shape."""
+    card = _model_card(request)
+    if model_id != card["id"]:
+        raise ModelNotFoundError(f"The model {model_id!r} does not exist; this server serves {card['id']!r}",
+                                 param="model")
+    return JSONResponse(card)
 
 
 @v1.post("/chat/completions")
