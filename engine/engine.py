@@ -18,6 +18,7 @@ from engine.errors import InvalidRequestError, PromptTooLongError, QueueFullErro
 from engine.outputs import RequestOutput
 from engine.runners.base import ForwardBatch, Runner
 from engine.sampling.params import SamplingParams
+from engine.sampling.sampler import choice_generator
 from engine.scheduler import ScheduledRow, Scheduler, no_speculation
 from engine.select import Selection, select_tokens
 from engine.sequence import Sequence
@@ -110,9 +111,7 @@ class LLMEngine:
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.eos_token_ids)
         seqs = []
         for i in range(params.n):
-            gen = None
-            if params.seed is not None:
-                gen = torch.Generator().manual_seed((params.seed + i) % (2**63))
+            gen = None if params.seed is None else choice_generator(params.seed, i)
             seq = Sequence(
                 seq_id=f"{request_id}-{i}", request_id=request_id, index=i, prompt_ids=list(prompt_ids),
                 params=params, max_total_len=min(max_total, self.limits.max_model_len), stop_token_ids=stop_ids,

@@ -75,6 +75,12 @@ class Sequence:
         return self.num_computed < len(self.prompt_ids)
 
     @property
+    def needs_fixed_k(self) -> bool:
+        """Seeded and sampled: the random draws it consumes depend on each step's K, so its K must depend on the
+        request alone (never on load, the token budget or batch mates), or the same seed would give other text."""
+        return self.params.seed is not None and not self.params.greedy
+
+    @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 

@@ -11,6 +11,7 @@ rejection sampler both use it, so draft and target distributions are computed th
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +19,16 @@ import torch
 from engine.sampling.pipeline import RowContext
 
 _TINY = torch.finfo(torch.float32).tiny
+
+
+def choice_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of choice `index` of a request with `seed`: seeded by hashing (seed, index).
+
+    Hashing (not `seed + index`) keeps streams of different seeds unrelated: with `seed + index`, choice i of seed s
+    was the same stream as choice i-1 of seed s+1, so `seed=1, n=8` and `seed=2, n=8` shared 7 completions.
+    """
+    digest = hashlib.blake2b(f"specserve-choice:{seed}:{index}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
 
 def probs_from_processed(processed: torch.Tensor) -> torch.Tensor:

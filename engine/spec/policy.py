@@ -59,7 +59,7 @@ def record_verify(seq: Sequence, num_draft: int, num_accepted: int) -> None:
 
 def needs_fixed_k(seq: Sequence) -> bool:
     """Seeded sampled requests need a K sequence that does not depend on load, or their draws (and text) change."""
-    return seq.params.seed is not None and not seq.params.greedy
+    return seq.needs_fixed_k
 
 
 class StaticPolicy:

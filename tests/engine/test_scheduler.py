@@ -84,3 +84,34 @@ def test_draft_budget_is_capped_by_remaining_tokens_and_budget():
 def test_budget_smaller_than_slots_is_refused():
     with pytest.raises(ValueError, match="max_num_batched_tokens"):
         Scheduler(max_num_seqs=8, max_queue=0, max_num_batched_tokens=4)
+
+
+def seeded_seq(i: int, prompt_len: int, max_tokens: int = 40) -> Sequence:
+    s = seq(i, prompt_len, max_tokens)
+    s.params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=3)
+    return s
+
+
+def test_a_seeded_sampled_sequence_gets_the_same_k_alone_and_behind_a_budget_bound_batch():
+    """Budget 16 for 4 slots: each slot's share is 4 tokens, so a fixed-K sequence verifies min(K, 3) drafts whether
+    it decodes alone or last behind three mates that would take the whole budget."""
+    grant_8 = lambda seqs, budget: [8] * len(seqs)  # noqa: E731
+
+    alone = Scheduler(max_num_seqs=4, max_queue=0, max_num_batched_tokens=16)
+    s = seeded_seq(9, 2)
+    alone.add(s)
+    run_step(alone)
+    k_alone = {r.seq.request_id: r.max_draft for r in alone.schedule(grant_8).rows}["r9"]
+
+    busy = Scheduler(max_num_seqs=4, max_queue=0, max_num_batched_tokens=16)
+    mates = [seq(i, 2, max_tokens=40) for i in range(3)]
+    for m in mates:
+        busy.add(m)
+    busy.add(seeded_seq(9, 2))
+    run_step(busy)
+    out = busy.schedule(grant_8)
+    ks = {r.seq.request_id: r.max_draft for r in out.rows}
+    assert k_alone == ks["r9"] == 3
+    assert sum(1 + k for k in ks.values()) <= 16  # the budget still holds
+    # Unseeded mates share what is left (16 - 4 decode tokens - 3 = 9), in running-list order.
+    assert (ks["r0"], ks["r1"], ks["r2"]) == (8, 1, 0)
