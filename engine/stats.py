@@ -7,6 +7,7 @@ request ids: the engine counts, the server labels.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -40,8 +41,12 @@ class EngineCounters:
     finished: Counter = field(default_factory=Counter)  # finish reason -> sequences
     runner_errors: int = 0
     last_runner_error: str | None = None
+    # Called with every StepRecord on the engine thread (the metrics' step-time histogram); must be cheap.
+    step_observers: list[Callable[[StepRecord], None]] = field(default_factory=list, repr=False, compare=False)
 
     def record_step(self, rec: StepRecord) -> None:
+        for observe in self.step_observers:
+            observe(rec)
         self.steps += 1
         self.generation_tokens += rec.emitted_tokens
         if rec.batch_size:

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from config.settings import Settings
 from server.errors import install_handlers
+from server.http_metrics import HttpResponseCounter
 from server.metrics import ServerMetrics
 from server.routes import router, v1
 from server.serving_chat import ChatServing
@@ -56,6 +57,7 @@ def create_app(settings: Settings, engine: Any = None,
     app.state.specserve = state
     app.state.metrics = metrics
     install_handlers(app)
+    app.add_middleware(HttpResponseCounter, counter=metrics.http_responses)
     app.include_router(router)
     app.include_router(v1)
     return app

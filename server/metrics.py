@@ -9,6 +9,11 @@ Three sources feed it (docs/METRICS.md explains every metric and the PromQL buil
 - `on_finish`, a request-record listener (event loop): requests the server refused (`requests_rejected_total{reason}`).
 - `EngineCollector`, read at scrape time: queue gauges, slot usage, and the engine's step counters (prompt tokens,
   speculation totals, K and batch-size distributions), so the scrape is the engine's own numbers, not a copy.
+- `on_step`, an engine step observer (engine thread): the step-time histogram.
+- `server.http_metrics.HttpResponseCounter`, ASGI middleware: every HTTP response by route and status.
+
+Beside them: the process and Python collectors (`process_*`, `python_*`), `specserve_build_info`, and no `_created`
+twins (`NoCreatedRegistry`): Prometheus never reads them, and each doubled the series with a copy of the HELP text.
 
 Inter-token latency is per token, not per chunk: a speculative step that delivers m tokens at time t, after the
 previous token at t_prev, is observed as m gaps of (t - t_prev) / m. A 4-token verify pass therefore reads as four
@@ -23,7 +28,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -45,11 +58,16 @@ QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
                  120.0)
 K_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# One engine step (propose + verify + select): ~1 ms on fast hardware, tens of ms for a CPU batch, seconds for a
+# Neuron step that hit an uncompiled bucket.
+STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
+                2.5, 5.0, 10.0)
 
 # HTTP status of a refused request -> `reason` label of requests_rejected_total. 503 is refined by server phase.
 REJECT_REASONS = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 413: "body_too_large",
                   429: "queue_full", 503: "unavailable"}
-FINISH_REASONS = ("stop", "length", "abort", "error")
+SUCCESS_REASONS = ("stop", "length")  # request_success_total{finished_reason}
+FAILURE_REASONS = ("abort", "error")  # requests_failed_total{reason}: the client left, a deadline, a drain, a fault
 
 
 def served_name(settings: Any) -> str:
@@ -62,12 +80,38 @@ def served_name(settings: Any) -> str:
     return "specserve-demo"
 
 
+class NoCreatedRegistry(CollectorRegistry):
+    """A registry whose scrape has no `*_created` samples. prometheus_client's switch for that
+    (`disable_created_metrics`) is process-global; this keeps it per app, so nothing else in the process changes."""
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in super().collect():
+            if metric.type in ("counter", "histogram", "summary", "gaugehistogram"):
+                metric.samples = [x for x in metric.samples if not x.name.endswith("_created")]
+            yield metric
+
+
+def build_labels() -> dict[str, str]:
+    """specserve_build_info's labels: the versions that decide behaviour, read from package metadata (no imports)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "none"
+
+    return {"version": ver("specserve"), "python": platform.python_version(), "torch": ver("torch"),
+            "transformers": ver("transformers")}
+
+
 class ServerMetrics:
     """All of the app's metrics; a listener on the engine (`attach`) and on request records (`on_finish`)."""
 
     def __init__(self, state: Any):
         self.state = state  # server.state.ServerState
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = NoCreatedRegistry(auto_describe=True)
         # (request id, choice) -> time of its latest token; touched only on the engine thread
         self._last_token: dict[tuple[str, int], float] = {}
         self._model: str | None = None
@@ -88,8 +132,20 @@ class ServerMetrics:
                           "Seconds from arrival to first being scheduled, per sequence.", QUEUE_BUCKETS)
         self.gen_tokens = Counter(PREFIX + "generation_tokens", "Tokens generated and delivered.", labels,
                                   registry=reg)
-        self.success = Counter(PREFIX + "request_success", "Finished sequences by finish reason (stop, length, "
-                               "abort, error).", [LABEL, "finished_reason"], registry=reg)
+        self.success = Counter(PREFIX + "request_success", "Sequences that finished normally, by finish reason "
+                               "(stop, length).", [LABEL, "finished_reason"], registry=reg)
+        self.failed = Counter(PREFIX + "requests_failed", "Sequences that ended without finishing, by reason (abort: "
+                              "client left, deadline or drain; error: engine fault).", [LABEL, "reason"], registry=reg)
+        self.step_time = hist("engine_step_seconds", "Wall seconds of one engine step (propose + verify + select).",
+                              STEP_BUCKETS)
+        self.http_responses = Counter(PREFIX + "http_responses", "HTTP responses by route template and status code.",
+                                      ["handler", "status"], registry=reg)
+        Info(PREFIX + "build", "specserve build: its version and the library versions it runs on.",
+             registry=reg).info(build_labels())
+        # The standard process (CPU, memory, fds) and Python (version, GC) series, on this registry, not the global one.
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
         self.rejected = Counter(PREFIX + "requests_rejected", "Requests refused before generating anything, by "
                                 "reason.", [LABEL, "reason"], registry=reg)
         reg.register(EngineCollector(state))
@@ -109,12 +165,17 @@ class ServerMetrics:
         add = getattr(engine, "add_output_listener", None)
         if add is not None:
             add(self.on_engine_outputs)
+        counters = getattr(engine, "counters", None)
+        if counters is not None and hasattr(counters, "step_observers"):
+            counters.step_observers.append(self.on_step)
         m = self._model
-        for h in (self.ttft, self.itl, self.e2e, self.queue):
+        for h in (self.ttft, self.itl, self.e2e, self.queue, self.step_time):
             h.labels(m)
         self.gen_tokens.labels(m)
-        for reason in FINISH_REASONS:
+        for reason in SUCCESS_REASONS:
             self.success.labels(m, reason)
+        for reason in FAILURE_REASONS:
+            self.failed.labels(m, reason)
         for reason in ("queue_full", "invalid_request"):
             self.rejected.labels(m, reason)
 
@@ -156,9 +217,17 @@ class ServerMetrics:
                 end = last if last is not None else time.monotonic()
                 if out.arrival_time:
                     self.e2e.labels(m).observe(max(0.0, end - out.arrival_time))
-                self.success.labels(m, out.finish_reason or "error").inc()
+                reason = out.finish_reason or "error"
+                if reason in SUCCESS_REASONS:
+                    self.success.labels(m, reason).inc()
+                else:  # abort or error: a sequence that did not finish is not a success
+                    self.failed.labels(m, reason if reason in FAILURE_REASONS else "error").inc()
         if generated:
             self.gen_tokens.labels(m).inc(generated)
+
+    def on_step(self, rec: Any) -> None:
+        """Engine thread, every step (engine.stats.StepRecord): its wall time."""
+        self.step_time.labels(self.model).observe(rec.seconds)
 
     def on_finish(self, rec: Any) -> None:
         """Event loop, once per HTTP request (server.request_log.RequestRecord): count refusals."""

@@ -101,6 +101,14 @@ def test_counters_and_histograms_move_by_known_requests(server):
     finished = sum(delta(after, before, "specserve_request_success_total", finished_reason=r)
                    for r in ("stop", "length"))
     assert finished == seqs
+    assert sum(delta(after, before, "specserve_requests_failed_total", reason=r) for r in ("abort", "error")) == 0
+    assert delta(after, before, "specserve_engine_step_seconds_count") >= 1
+    http = "specserve_http_responses_total"
+
+    def http_delta(handler: str) -> float:  # no model_name on this one: it counts every route
+        key = (http, (("handler", handler), ("status", "200")))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+    assert (http_delta("/v1/completions"), http_delta("/v1/chat/completions")) == (4, 1)
     assert delta(after, before, "specserve_batch_size_count") >= 1
     assert v(after, "specserve_requests_running") == 0 and v(after, "specserve_requests_waiting") == 0
     assert v(after, "specserve_kv_cache_usage_ratio") == 0
@@ -136,8 +144,14 @@ def test_live_scrape_passes_promtool_and_labels_are_bounded(server):
     names = set()
     for fam in text_string_to_metric_families(r.text):
         for s in fam.samples:
-            if s.name.startswith("specserve_"):
-                names.add(s.name)
+            names.add(s.name)
+            assert not s.name.endswith("_created"), s  # no created-timestamp twins
+            if s.name == "specserve_build_info":
+                assert set(s.labels) == {"version", "python", "torch", "transformers"} and s.value == 1
+            elif s.name == "specserve_http_responses_total":  # route templates only, never raw paths
+                assert set(s.labels) == {"handler", "status"} and s.labels["status"].isdigit(), s
+                assert s.labels["handler"] == "other" or s.labels["handler"].startswith("/"), s
+            elif s.name.startswith("specserve_"):
                 assert s.labels.get("model_name") == MODEL, s
                 assert set(s.labels) <= {"model_name", "le", "finished_reason", "reason", "position"}, s
     contract = ["requests_running", "requests_waiting", "time_to_first_token_seconds_bucket",
@@ -145,8 +159,11 @@ def test_live_scrape_passes_promtool_and_labels_are_bounded(server):
                 "request_queue_time_seconds_bucket", "prompt_tokens_total", "generation_tokens_total",
                 "request_success_total", "requests_rejected_total", "spec_decode_draft_tokens_total",
                 "spec_decode_accepted_tokens_total", "spec_decode_accepted_tokens_per_pos_total",
-                "spec_decode_steps_total", "spec_decode_k_bucket", "kv_cache_usage_ratio", "batch_size_bucket"]
+                "spec_decode_steps_total", "spec_decode_k_bucket", "kv_cache_usage_ratio", "batch_size_bucket",
+                # operator additions (issue 17): failures apart from successes, step time, HTTP statuses, build
+                "requests_failed_total", "engine_step_seconds_bucket", "http_responses_total", "build_info"]
     assert {"specserve_" + n for n in contract} <= names
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"} <= names
     if shutil.which("promtool") is None:
         pytest.skip("promtool (Debian package prometheus) not installed")
     p = subprocess.run(["promtool", "check", "metrics"], input=r.content, capture_output=True, timeout=30)

@@ -1,5 +1,6 @@
 """ServerMetrics fed directly with engine outputs and request records: per-token ITL, TTFT once, refusal reasons,
-the engine collector's histograms, and a scrape that `promtool check metrics` accepts."""
+the engine collector's histograms, success vs failed sequences, the step-time histogram, build info, process/Python
+collectors, no `_created` twins, and a scrape that `promtool check metrics` accepts."""
 
 from __future__ import annotations
 
@@ -141,6 +142,54 @@ def test_promtool_accepts_a_scrape_with_every_family():
     eng = StubEngine()
     m, _ = make_metrics(eng)
     eng.counters.record_step(StepRecord(1, 0, [2], [1], 2, 0.01))
-    eng.listeners[0]([out("a", [1], 10.5), out("b", [1, 2], 10.6, finished=True, reason="length")])
+    eng.listeners[0]([out("a", [1], 10.5), out("b", [1, 2], 10.6, finished=True, reason="length"),
+                      out("c", [1], 10.7, finished=True, reason="abort")])
     r = subprocess.run(["promtool", "check", "metrics"], input=m.expose(), capture_output=True, timeout=30)
     assert r.returncode == 0, (r.stdout + r.stderr).decode()
+
+
+def test_aborts_and_errors_are_failures_not_successes():
+    eng = StubEngine()
+    m, _ = make_metrics(eng)
+    (listen,) = eng.listeners
+    listen([out("a", [1], 10.5, finished=True, reason="length"), out("b", [1], 10.5, finished=True, reason="abort"),
+            out("c", [], 10.5, finished=True, reason="error"), out("d", [1], 10.5, finished=True, reason="abort")])
+    assert value(m, "specserve_request_success_total", finished_reason="length") == 1
+    assert value(m, "specserve_request_success_total", finished_reason="stop") == 0
+    success_labels = {dict(k[1])["finished_reason"] for k in samples(m) if k[0] == "specserve_request_success_total"}
+    assert success_labels == {"stop", "length"}
+    assert value(m, "specserve_requests_failed_total", reason="abort") == 2
+    assert value(m, "specserve_requests_failed_total", reason="error") == 1
+    assert value(m, "specserve_e2e_request_latency_seconds_count") == 4  # latency still covers every finish
+
+
+def test_engine_step_time_histogram():
+    eng = StubEngine()
+    m, _ = make_metrics(eng)
+    for seconds in (0.004, 0.02, 0.3):
+        eng.counters.record_step(StepRecord(1, 0, [2], [1], 2, seconds))
+    h = "specserve_engine_step_seconds"
+    assert value(m, h + "_count") == 3 and value(m, h + "_sum") == pytest.approx(0.324)
+    assert value(m, h + "_bucket", le="0.005") == 1 and value(m, h + "_bucket", le="0.02") == 2
+    assert value(m, h + "_bucket", le="+Inf") == 3
+
+
+def test_no_created_twins_and_one_help_per_family():
+    eng = StubEngine()
+    m, _ = make_metrics(eng)
+    eng.listeners[0]([out("a", [1], 10.5, finished=True, reason="stop")])
+    text = m.expose().decode()
+    assert "_created" not in text
+    helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+    assert len(helps) == len(set(helps))
+
+
+def test_build_info_and_process_python_collectors():
+    m, _ = make_metrics(StubEngine())
+    s = samples(m)
+    (build,) = [dict(k[1]) for k in s if k[0] == "specserve_build_info"]
+    assert set(build) == {"version", "python", "torch", "transformers"}
+    assert build["version"] not in ("", "none") and build["python"].count(".") == 2
+    names = {k[0] for k in s}
+    assert "python_info" in names and "python_gc_collections_total" in names
+    assert "process_resident_memory_bytes" in names and "process_cpu_seconds_total" in names
