@@ -192,7 +192,16 @@ class LLMEngine:
         if not rows or self.proposer is None:
             return {}
         seqs = [r.seq for r in rows]
-        probs = self.proposer.propose(seqs, [r.max_draft for r in rows])
+        try:
+            probs = self.proposer.propose(seqs, [r.max_draft for r in rows])
+        except Exception as e:  # a draft fault costs this step its drafts (K = 0), not the requests or the engine
+            log.exception("draft proposer failed; this step runs without drafts")
+            self.counters.draft_errors += 1
+            self.counters.last_draft_error = f"{type(e).__name__}: {e}"
+            for s in seqs:
+                s.draft_ids = []
+                self.proposer.on_verified(s, 0)  # roll the draft caches back to the last token the target holds
+            return {}
         return dict(zip(seqs, probs, strict=True))
 
     def _select(self, logits: torch.Tensor, rows: list[ScheduledRow],

@@ -41,6 +41,8 @@ class EngineCounters:
     finished: Counter = field(default_factory=Counter)  # finish reason -> sequences
     runner_errors: int = 0
     last_runner_error: str | None = None
+    draft_errors: int = 0  # steps whose draft proposal failed (they ran without drafts)
+    last_draft_error: str | None = None
     # Called with every StepRecord on the engine thread (the metrics' step-time histogram); must be cheap.
     step_observers: list[Callable[[StepRecord], None]] = field(default_factory=list, repr=False, compare=False)
 
