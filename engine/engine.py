@@ -177,10 +177,15 @@ class LLMEngine:
         drafted = [len(r.seq.draft_ids) for r in sampled]
         selections = self._select(logits, sampled, draft_probs)
         now = time.monotonic()
+        delivered = []  # tokens each sampled row delivered: a stop inside an accepted run throws the rest away
         for r, sel in zip(sampled, selections, strict=True):
+            n_out = len(r.seq.output_ids)
             if sel is not None:
                 self._apply(r.seq, sel, now)
-        self._record_step(num_prefill_tokens, drafted, selections, time.perf_counter() - t0)
+                # "Accepted" in usage, metrics and the realized rate means accepted *and delivered*.
+                r.seq.spec.accepted_tokens += min(sel.num_accepted, len(r.seq.output_ids) - n_out)
+            delivered.append(len(r.seq.output_ids) - n_out)
+        self._record_step(num_prefill_tokens, drafted, selections, delivered, time.perf_counter() - t0)
         return self._collect([r.seq for r in rows])
 
     def _choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
@@ -231,7 +236,6 @@ class LLMEngine:
         num_draft = len(seq.draft_ids)
         if num_draft:
             seq.spec.draft_tokens += num_draft
-            seq.spec.accepted_tokens += sel.num_accepted
             record_verify(seq, num_draft, sel.num_accepted)
             if self.proposer is not None:
                 self.proposer.on_verified(seq, sel.num_accepted)
@@ -306,14 +310,16 @@ class LLMEngine:
         )
 
     def _record_step(self, num_prefill_tokens: int, drafted: list[int], selections: list[Selection | None],
-                     seconds: float) -> None:
+                     delivered: list[int], seconds: float) -> None:
+        verified = [s.num_accepted if s is not None else 0 for s in selections]
         rec = StepRecord(
             batch_size=len(drafted),
             num_prefill_tokens=num_prefill_tokens,
             num_draft=drafted,
-            num_accepted=[s.num_accepted if s is not None else 0 for s in selections],
-            emitted_tokens=sum(len(s.token_ids) for s in selections if s is not None),
+            num_accepted=[min(a, d) for a, d in zip(verified, delivered, strict=True)],
+            emitted_tokens=sum(delivered),
             seconds=seconds,
+            num_verified_accepted=verified,
         )
         self.counters.record_step(rec)
         if self.policy is not None:

@@ -18,9 +18,12 @@ class StepRecord:
     batch_size: int  # sequences that produced tokens this step
     num_prefill_tokens: int  # prompt tokens run this step
     num_draft: list[int]  # draft tokens verified, per producing sequence
-    num_accepted: list[int]  # of those, accepted, per producing sequence
-    emitted_tokens: int  # tokens generated this step (accepted drafts + one per sequence)
+    num_accepted: list[int]  # of those, accepted and delivered (a stop may throw accepted drafts away), per sequence
+    emitted_tokens: int  # tokens delivered this step (delivered accepted drafts + at most one per sequence)
     seconds: float  # wall time of propose + execute + select
+    # Accepted by the verifier, before any stop cut: acceptance evidence (a stop is not a rejection). None = as
+    # num_accepted.
+    num_verified_accepted: list[int] | None = None
 
     @property
     def total_draft(self) -> int:

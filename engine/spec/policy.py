@@ -160,7 +160,8 @@ class AdaptivePolicy:
 
     def observe(self, rec: StepRecord) -> None:
         self.steps += 1
-        for d, acc in zip(rec.num_draft, rec.num_accepted, strict=True):
+        verified = rec.num_accepted if rec.num_verified_accepted is None else rec.num_verified_accepted
+        for d, acc in zip(rec.num_draft, verified, strict=True):
             if d:
                 self.global_successes = 0.98 * self.global_successes + acc
                 self.global_failures = 0.98 * self.global_failures + (1.0 if acc < d else 0.0)
