@@ -274,6 +274,11 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         engine = self.state.engine
+        health = getattr(self.state, "health", None)
+        if health is not None:  # also while loading or failed: the "engine down" alert needs a 0, not a gap
+            name = engine.model_name if engine is not None else served_name(self.state.settings)
+            yield _gauge("ready", "1 when GET /health answers 200 (loaded and healthy), else 0.", name,
+                         1.0 if health()[0] == 200 else 0.0)
         if engine is None or not hasattr(engine, "stats"):
             return
         m = engine.model_name

@@ -14,6 +14,7 @@ import pytest
 
 from tests.server.server_proc import ServerProcess
 
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus-rules.yml"
 API_KEY = "sk-metrics"
 MODEL = "tiny-metrics"
 MAX_NUM_SEQS = 2
@@ -47,6 +48,7 @@ class PrometheusServer:
         cfg = workdir / "prometheus.yml"
         cfg.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files: ['{RULES}']\n"  # the shipped recording rules and alerts, evaluated every second
             "scrape_configs:\n"
             f"  - job_name: specserve\n    static_configs: [{{targets: ['{target}']}}]\n"
         )

@@ -259,3 +259,34 @@ def test_dashboard_and_docs_ask_only_for_live_metrics(server, prometheus):
         assert used <= names, (expr, used - names)
         if not expr.startswith("label_values("):  # a Grafana variable query, not PromQL
             prometheus.query(_grafana_to_promql(" ".join(expr.split())))  # asserts status == success
+
+
+def test_shipped_rules_evaluate_against_the_live_server(server, prometheus):
+    """Prometheus loaded deploy/prometheus-rules.yml; after a few requests every rule evaluates without error,
+    the acceptance-rate recording matches the counters, and the server reads as ready (no engine-down alert)."""
+    sel = f'{{model_name="{MODEL}"}}'
+    for p in PROMPTS[:2]:
+        complete(server, p, max_tokens=24)
+    server.wait_idle()
+    now = scrape(server)
+    d1 = v(now, "specserve_spec_decode_draft_tokens_total")
+    wait_for(lambda: prometheus.scalar(f"specserve_spec_decode_draft_tokens_total{sel}") == d1, what="a scrape")
+    assert prometheus.scalar(f"specserve_ready{sel}") == 1
+    rate = wait_for(lambda: prometheus.scalar(f"specserve:spec_decode_acceptance_rate:rate5m{sel}"),
+                    what="the acceptance-rate recording rule")
+    assert 0 <= rate <= 1
+    names = {key[0] for key in now}
+
+    def rules() -> list[dict] | None:  # every loaded rule, once each has been evaluated at least once
+        groups = httpx.get(prometheus.url + "/api/v1/rules", timeout=10).json()["data"]["groups"]
+        loaded = [r for g in groups for r in g["rules"]]
+        return loaded if loaded and all(r.get("lastEvaluation", "0").startswith("2") for r in loaded) else None
+
+    loaded = wait_for(rules, what="every rule evaluated")
+    assert len(loaded) == 14
+    for r in loaded:
+        assert r["health"] == "ok", r
+        used = set(re.findall(r"\bspecserve_[A-Za-z0-9_]+", r["query"]))
+        assert used <= names, (r["name"], used - names)
+    firing = prometheus.query('ALERTS{alertstate="firing"}')["result"]
+    assert firing == []
