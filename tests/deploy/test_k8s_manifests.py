@@ -31,7 +31,7 @@ def kubectl() -> str:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rendered(name: str) -> str:
     r = subprocess.run([kubectl(), "kustomize", str(K8S / name)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
