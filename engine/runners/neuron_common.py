@@ -5,21 +5,30 @@ Neuron graphs are compiled for fixed shapes, and the two libraries' continuous-b
 `LlamaForSampling` with `ContinuousBatchingConfig`; NxD Inference `NeuronLlamaForCausalLM` with `is_continuous_batching`)
 share three hazards that shape this file:
 
-1. Every decode/verify call runs the whole compiled batch. A slot that the call does not list still gets a KV write:
-   transformers-neuronx fills unlisted rows with token 0 at cache position 0 (`_prepare_for_continuous_batching`
-   zero-fills `full_input_ids`/`full_cache_ids`); NxD Inference repeats the first row's inputs into the unlisted
-   `seq_ids` (`_forward_with_pad`). Either corrupts a running sequence that sat out the step.
-   -> Every call here lists every slot. A slot with no work this call re-writes the tail of what it already holds
-   (same tokens, same positions, same earlier cache: the same K/V), or, if it holds nothing (free, or a prompt still
-   being buffered), writes harmless padding that its context encoding later overwrites.
-2. Multi-token graphs are compiled per token count (transformers-neuronx `enable_speculative_decoder(n)` builds graphs
-   with `n_active_tokens=n`; NxD Inference compiles one `speculation_length`). A call whose first position is 0 is
-   routed to context encoding (tnx checks `cache_ids.flatten()[0] == 0`, NxDI `position_ids.min() == 0`).
-   -> Multi-token calls use a "window" of a compiled length m for every slot, never starting at position 0. A row with
-   n < m new tokens is left-padded with tokens the slot already holds (re-written identically) or right-padded with
-   filler at positions past its end, which are never read before a real token overwrites them (the same argument that
-   makes rejected drafts harmless). A row longer than the largest window is split into successive calls.
-3. Context encoding starts at position 0 with batch size 1 and at most the largest context bucket of tokens.
+1. Every decode/verify call runs the whole compiled batch. A slot that holds a running sequence must be listed in
+   every call, or the library writes padding into it: transformers-neuronx fills unlisted rows with token 0 at cache
+   position 0 (base.py 576-585 at 1ade6d7) and its fused decoder does the same (`preprocess_input`,
+   fused_speculation.py 871-895); NxD Inference repeats the first row's inputs into the unlisted seq_ids
+   (`_forward_with_pad`, model_wrapper.py 569-660 at cd3abf3). A live slot with no work this call re-writes the tail
+   of what it already holds (same tokens, same positions, same earlier cache: the same K/V).
+2. A free slot (nothing in its cache that will ever be read) must never change the branch a call takes. Both
+   libraries route a call to context encoding from its positions: transformers-neuronx when the FIRST cache id is 0 and
+   a row has several tokens (base.py 506, 363), its fused decoder when ANY row has cache id 0
+   (fused_speculation.py 767-769), NxD Inference >= 0.2 when `position_ids.min() == 0` whatever the length
+   (model_base.py 3591-3592). So a free row is either left out where the library's own padding is harmless (it then
+   gets what the library writes: tnx decode and fused token 0 at position 0, NxDI the first row's inputs, all in the
+   same branch), or, where the graph needs every row (tnx `speculative_forward`, base.py 559-561), given filler at
+   positions 1..m: never 0, past anything it holds.
+3. Multi-token graphs are compiled per token count (tnx `enable_speculative_decoder(k)` keys graphs by (k, batch),
+   base.py 122-132; NxDI compiles one `speculation_length` and then NO token-generation graph, model_base.py
+   3105-3110). -> Multi-token calls use a "window" of a compiled length m for every listed slot, never starting at
+   position 0. A row with n < m new tokens is left-padded with tokens the slot already holds (re-written identically)
+   or right-padded with filler at positions past its end, which are never read before a real token overwrites them
+   (the same argument that makes rejected drafts harmless). A row longer than the largest window is split. Without a
+   token-generation graph a one-token row runs through the smallest window the same way.
+4. Context encoding starts at position 0 with batch size 1 and at most the largest context bucket of tokens, and writes
+   K/V for positions 0..bucket-1 (tnx `_pad_cache_ids`, base.py 464-466; NxDI fills the cache prefix of the padded
+   bucket): harmless, for the same reason as filler.
    -> Prompt chunks from the engine's chunked prefill are buffered per slot and encoded in one call when the last chunk
    arrives. Target prompts longer than the largest bucket are refused at admission (`check_request`); a longer
    position-0 row (a draft model catching up on prompt + output) encodes one bucket and windows the rest.
@@ -185,11 +194,11 @@ class _WindowRow:
 @dataclass
 class SlotKVRunner(abc.ABC):
     """Runner protocol over three backend calls a subclass provides (all slot tensors are `(max_slots,)`, slot i in
-    row i):
+    row i; `live` (B,) bool is False for free rows, whose ids are filler at positions 1..m):
 
       _context(slot, tokens) -> (V,) float32 logits of the last token; tokens at positions 0..n-1, 2 <= n <= max bucket
-      _decode(ids (B, 1), pos (B, 1), slots (B,)) -> (B, V)
-      _window(ids (B, m), pos (B, m), slots (B,)) -> (B, m, V); m in `window_lengths`, every position >= 1
+      _decode(ids (B, 1), pos (B, 1), slots (B,), live (B,)) -> (B, V); only when `decode_graph`
+      _window(ids (B, m), pos (B, m), slots (B,), live (B,)) -> (B, m, V); m in `window_lengths`, every position >= 1
     """
 
     vocab_size: int
@@ -200,12 +209,16 @@ class SlotKVRunner(abc.ABC):
     allowed_k: tuple[int, ...]
     backend: str
     dtype: str
+    decode_graph: bool = True  # a one-token (token-generation) graph exists; NxDI with speculation_length > 0 has none
+    min_context: int = 1  # fewest tokens a position-0 call may carry (NxDI: 2, its 1-token context logits are a pad's)
     history: list[list[int]] = field(init=False)  # tokens the device cache holds for each slot, positions 0..h-1
     pending: list[list[int]] = field(init=False)  # prompt chunks buffered until the last one arrives
     calls: dict[str, int] = field(init=False)  # backend calls by kind (for tests and logs)
 
     def __post_init__(self) -> None:
-        self.window_lengths = tuple(sorted(set(self.window_lengths) | {1}))
+        self.window_lengths = tuple(sorted(set(self.window_lengths) | ({1} if self.decode_graph else set())))
+        if not self.window_lengths:
+            raise ValueError("no graph for non-context calls: compile a token-generation or a speculation graph")
         if self.window_lengths[-1] + 1 >= self.max_model_len:
             raise ValueError(f"window length {self.window_lengths[-1]} does not fit max_model_len {self.max_model_len}")
         self.history = [[] for _ in range(self.max_slots)]
@@ -293,7 +306,10 @@ class SlotKVRunner(abc.ABC):
         n = len(prompt)
         first_logit = n - nl
         n_ctx = min(first_logit + 1, self.max_context)
-        if n_ctx == 1:  # one token at position 0: tnx/NxDI route a single token to the decode graph
+        if n_ctx < self.min_context:
+            raise ValueError(f"{self.backend}: a position-0 call needs at least {self.min_context} tokens (logits of "
+                             "prompt position 0 are not available here)")
+        if n_ctx == 1:  # one token at position 0: tnx routes a single token to the token-generation graph
             return _WindowRow(slot, prompt, 0, first_logit, offset)
         logits = self._context(slot, prompt[:n_ctx])
         self.calls["context"] += 1
@@ -312,10 +328,11 @@ class SlotKVRunner(abc.ABC):
             need = max(len(r.tokens) for r in by_slot.values())
             m = next((w for w in self.window_lengths if w >= need), self.window_lengths[-1])
             if any(r.start == 0 for r in by_slot.values()):
-                m = 1  # only the decode graph may run position 0
+                m = 1  # one token at position 0 (tnx only, min_context == 1): the token-generation graph
             B = self.max_slots  # noqa: N806
             ids = torch.zeros(B, m, dtype=torch.long)
             pos = torch.zeros(B, m, dtype=torch.long)
+            live = torch.zeros(B, dtype=torch.bool)
             cols: dict[int, int] = {}  # slot -> window column of the row's first new token
             for slot in range(B):
                 hist = self.history[slot]
@@ -325,18 +342,21 @@ class SlotKVRunner(abc.ABC):
                     del hist[row.start:]
                     hist.extend(take)
                 end = len(hist)
-                w = max(0, end - 1) if m == 1 else max(1, end - m)
+                live[slot] = end > 0
+                # The last m positions it holds (re-written identically), or 1..m: filler past its end, never 0
+                # (point 2 above); a row starting at 0 is the one-token prompt of the line above.
+                w = 0 if row is not None and row.start == 0 else end - m if end - m >= 1 else 1
                 window = hist[w:end]
                 ids[slot, :len(window)] = torch.tensor(window, dtype=torch.long) if window else 0
                 pos[slot] = torch.arange(w, w + m)
                 if row is not None:
                     cols[slot] = row.start - w
             slots = torch.arange(B, dtype=torch.long)
-            if m == 1:
-                logits = self._decode(ids, pos, slots).unsqueeze(1)  # (B, 1, V)
+            if m == 1 and self.decode_graph:
+                logits = self._decode(ids, pos, slots, live).unsqueeze(1)  # (B, 1, V)
                 self.calls["decode"] += 1
             else:
-                logits = self._window(ids, pos, slots)  # (B, m, V)
+                logits = self._window(ids, pos, slots, live)  # (B, m, V)
                 self.calls["window"] += 1
             for slot, col in cols.items():
                 row = by_slot[slot]
@@ -370,11 +390,11 @@ class SlotKVRunner(abc.ABC):
         ...
 
     @abc.abstractmethod
-    def _decode(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def _decode(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         ...
 
     @abc.abstractmethod
-    def _window(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def _window(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         ...
 
 

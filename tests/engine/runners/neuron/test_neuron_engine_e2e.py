@@ -61,7 +61,7 @@ def test_adaptive_policy_with_compiled_k(tiny_pair, reference, tnx):
                       speculative_policy="adaptive", **LIMITS, **NEURON)
     chosen = []
     choose = eng.policy.choose_k
-    eng.policy.choose_k = lambda seqs, budget: chosen.extend(ks := choose(seqs, budget)) or ks
+    eng.policy.choose_k = lambda seqs, budget, *rest: chosen.extend(ks := choose(seqs, budget, *rest)) or ks
     ps, want = reference
     assert run(eng, ps) == want
     assert set(chosen) & {2, 4}

@@ -1,6 +1,6 @@
-"""The Neuron runners against executable models of their libraries' contracts: the same batches give the torch
-runner's logits (chunked prefill, decode, verify with compiled and uncompiled K, rollbacks, slot reuse), a runner that
-leaves a live slot out of a decode call is caught, compiled graphs are reused, and availability names what is missing."""
+"""The Neuron runners against fakes written from the libraries' real sources: the same batches give the torch runner's
+logits (chunked prefill, decode, verify with compiled and uncompiled K, rollbacks, slot reuse, free slots), a runner
+that leaves a live slot out of a call is caught, compiled graphs are reused, and availability names what is missing."""
 
 from __future__ import annotations
 
@@ -101,7 +101,15 @@ def test_random_schedule_matches_torch_runner(tiny_pair, neuron_backend, role):
             run.release_slot(slot)
 
         sched.apply(updates, release)
-    assert run.calls["window"] > 0 and run.calls["decode"] > 0 and run.calls["context"] > 0
+    assert run.calls["context"] > 0
+    # NxDI builds no token-generation graph next to a speculation graph (model_base.py 3105-3110): decode rows go
+    # through the window; its draft has only the token-generation graph (multi-token rows run token by token).
+    if neuron_backend == "neuron-nxdi" and role == "target":
+        assert run.calls["decode"] == 0 and run.calls["window"] > 0
+    elif neuron_backend == "neuron-nxdi":
+        assert run.calls["decode"] > 0 and run.calls["window"] == 0
+    else:
+        assert run.calls["decode"] > 0 and run.calls["window"] > 0
 
 
 def test_draft_catch_up_longer_than_a_context_bucket(tiny_pair, tnx):
@@ -124,14 +132,14 @@ def drop_idle_slots(run) -> None:
         run.listed = sorted({r.slot for r in rows})
         return windows(rows, out)
 
-    def listed_decode(ids, pos, slots):
-        keep = torch.tensor(run.listed)
-        sub = decode(run, ids[keep], pos[keep], slots[keep])
-        full = torch.zeros(ids.shape[0], sub.shape[-1])
-        full[keep] = sub
-        return full
+    def listed(call):
+        def inner(ids, pos, slots, live):
+            only = torch.zeros_like(live)
+            only[torch.tensor(run.listed)] = True
+            return call(run, ids, pos, slots, live & only)
+        return inner
 
-    run._run_windows, run._decode = listed_windows, listed_decode
+    run._run_windows, run._decode, run._window = listed_windows, listed(decode), listed(type(run)._window)
 
 
 @pytest.mark.parametrize("drop", [False, True])
@@ -153,24 +161,20 @@ def test_a_live_slot_left_out_of_a_decode_call_is_corrupted(tiny_pair, neuron_ba
     assert same is not drop
 
 
-def test_contract_model_rejects_what_the_library_rejects(tiny_pair, tnx, nxdi):
+def test_fakes_reject_what_the_libraries_reject(tiny_pair, tnx, nxdi):
     path = str(tiny_pair[0])
-    run = neuron_tnx.build(path, spec())
-    m = run.model
-    one = torch.zeros(1, 1, dtype=torch.int32)
+    m = neuron_tnx.build(path, spec()).model
+    one = torch.zeros(1, dtype=torch.long)
     with pytest.raises(ContractViolation):  # several tokens at a non-zero position through forward()
-        m.forward(torch.ones(1, 3, dtype=torch.long), cache_ids=torch.tensor([[4, 5, 6]]), start_ids=one[0])
-    with pytest.raises(ContractViolation):  # speculation graph with fewer rows than the compiled batch
+        m.forward(torch.ones(1, 3, dtype=torch.long), cache_ids=torch.tensor([[4, 5, 6]]), start_ids=one)
+    with pytest.raises(AssertionError, match="invalid batch size for speculative forward"):  # base.py 559-561
         m.speculative_forward(torch.ones(1, 3, dtype=torch.long), cache_ids=torch.tensor([[4, 5, 6]]),
-                              start_ids=one[0], speculation_length=3)
-    with pytest.raises(ContractViolation):  # an uncompiled speculation length
-        m.speculative_forward(torch.ones(SLOTS, 4, dtype=torch.long), cache_ids=torch.arange(1, 5).repeat(SLOTS, 1),
-                              start_ids=torch.arange(SLOTS), speculation_length=4)
-    with pytest.raises(ContractViolation):  # prompt longer than the largest context bucket
-        m.forward(torch.ones(1, 40, dtype=torch.long), cache_ids=torch.arange(40)[None], start_ids=one[0])
+                              start_ids=one, speculation_length=3)
+    with pytest.raises(AssertionError, match="invalid input prompt length"):  # longer than the largest bucket
+        m.forward(torch.ones(1, 40, dtype=torch.long), cache_ids=torch.arange(40)[None], start_ids=one)
     nx = neuron_nxdi.build(path, spec()).model
-    with pytest.raises(ContractViolation):  # 3 tokens when the speculation graph takes 5
-        nx(torch.ones(SLOTS, 3, dtype=torch.long), attention_mask=torch.ones(SLOTS, 3),
+    with pytest.raises(AttributeError, match="token_generation_model"):  # 3 tokens: neither 5 nor a context call
+        nx(torch.ones(SLOTS, 3, dtype=torch.long), attention_mask=torch.ones(SLOTS, 3, dtype=torch.long),
            position_ids=torch.arange(1, 4).repeat(SLOTS, 1), seq_ids=torch.arange(SLOTS))
 
 
@@ -178,7 +182,7 @@ def test_info_reports_compiled_k_and_buckets(tiny_pair, tnx, nxdi):
     path = str(tiny_pair[0])
     t = neuron_tnx.build(path, spec(k_values=(2, 4))).info()
     assert (t.allowed_k, t.buckets, t.max_chunk_tokens, t.backend) == ((0, 2, 4), (16, 32), 32, "neuron-tnx")
-    assert sorted(neuron_tnx.build(path, spec()).model.speculation_lengths) == [3, 5]
+    assert sorted(neuron_tnx.build(path, spec()).model.decoder_lm_head_for_speculation) == [(3, SLOTS), (5, SLOTS)]
     n = neuron_nxdi.build(path, spec(k_values=(2, 4))).info()
     assert (n.allowed_k, n.backend) == ((0, 4), "neuron-nxdi")  # NxDI compiles one speculation_length
 
@@ -199,12 +203,14 @@ def test_compiled_graphs_are_saved_and_reused(tiny_pair, tmp_path, monkeypatch, 
     path, cache = str(tiny_pair[0]), str(tmp_path / "compiled")
     with caplog.at_level(logging.INFO, logger="specserve.engine"):
         BUILD[backend](path, spec(compiled_dir=cache))
-        assert len(fake.COMPILES) == 1 and "cache miss" in caplog.text
+        n = len(fake.COMPILES)
+        assert n >= 1 and "cache miss" in caplog.text
         caplog.clear()
         run = BUILD[backend](path, spec(compiled_dir=cache))
-        assert len(fake.COMPILES) == 1 and "cache hit" in caplog.text
+        assert len(fake.COMPILES) == n and "cache hit" in caplog.text
+        n = len(fake.COMPILES)
         BUILD[backend](path, spec(compiled_dir=cache, k_values=(3,)))  # other graphs: compiled anew
-        assert len(fake.COMPILES) == 2
+        assert len(fake.COMPILES) > n
     b = ForwardBatch([0], [[1, 2, 3]], [0], [1])
     torch.testing.assert_close(run.execute(b), torch_runner(path).execute(b), atol=2e-4, rtol=1e-4)
 
