@@ -189,7 +189,8 @@ class LLMEngine:
         return self._collect([r.seq for r in rows])
 
     def _choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
-        return self.policy.choose_k(seqs, budget)
+        # The policy prices the whole step: these rows and the prompt tokens that will be prefilled beside them.
+        return self.policy.choose_k(seqs, budget, min(self.scheduler.pending_prefill(), budget))
 
     def _propose(self, rows: list[ScheduledRow]) -> dict[Sequence, torch.Tensor | None]:
         for r in rows:

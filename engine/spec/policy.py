@@ -7,7 +7,10 @@ online to every step. For each allowed cap K the policy gives sequence i
     k_i = min(K, largest j with a_i^j >= theta),   theta = (tokens/s at K=0) * (seconds per extra draft token)
 
 (the j-th draft of a sequence is worth verifying only if the tokens it is expected to add, a_i^j, pay for the time it
-costs at the current rate), then picks the K whose allocation maximises sum_i E(a_i, k_i) / t(k). K = 0 wins when
+costs at the current rate), then picks the K whose allocation maximises sum_i E(a_i, k_i) / t(k). The step is priced
+whole: t(k) and the rate count every row in it (opted-out rows at K = 0, seeded rows at their fixed K, with their
+expected tokens) and the prompt tokens prefilled beside them, so a long step makes drafts relatively cheap and a wide
+one makes them dear. K = 0 wins when
 drafting does not pay: low acceptance, or large batches where verify tokens cost nearly what decode tokens do. As a
 reality check on the fitted model, if recent drafting steps at this batch-size bucket delivered fewer tokens per second
 than recent K = 0 steps there (the median of each), K = 0 is chosen.
@@ -15,8 +18,9 @@ than recent K = 0 steps there (the median of each), K = 0 is chosen.
 Acceptance a_i is estimated per sequence from its verifies (accepted drafts are successes, a rejection is one failure:
 the maximum-likelihood estimate of a geometric acceptance), recency-weighted and pulled toward the global rate, which
 is the prior for new requests. The first steps try every K so the cost model can tell draft passes from tokens; later,
-every `probe_every` steps one step runs the K tried longest ago (K = 0 included), so the window never holds a single K
-only — then rows and draft tokens would be collinear and the model could not price the alternatives.
+every `probe_every` steps one step runs the K asked longest ago (K = 0 included), so the window never holds a single K
+only — then rows and draft tokens would be collinear and the model could not price the alternatives. Probes are keyed
+by the K asked, not the longest draft produced: n-gram rarely fills K_max, so K_max would always look stalest.
 
 Seeded sampled requests (seed set, temperature > 0) always get K_max: the random draws a request consumes depend on the
 K of each step, so a K that followed load would make the same seed give different text. Greedy requests are
@@ -68,7 +72,7 @@ class StaticPolicy:
     def __init__(self, k_max: int, allowed_k: Seq[int] | None = None):
         self.k = max(k for k in (allowed_k or range(k_max + 1)) if k <= k_max) if k_max else 0
 
-    def choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
+    def choose_k(self, seqs: list[Sequence], budget: int, prefill_tokens: int = 0) -> list[int]:
         return [self.k if s.params.speculative else 0 for s in seqs]
 
     def observe(self, rec: StepRecord) -> None:
@@ -88,7 +92,7 @@ class AdaptivePolicy:
         self.probe_every = probe_every
         self.steps = 0
         self.last_probe = 0
-        self.last_tried: dict[int, int] = {}  # K -> step it last ran (as the longest draft of a step)
+        self.last_tried: dict[int, int] = {}  # K -> step it was last asked for (the cap of a step's allocation)
         # (batch bucket, drafted?) -> recent realized tokens/s of decode-only steps: the model's reality check
         self.realized: dict[tuple[int, bool], deque[float]] = {}
 
@@ -102,39 +106,53 @@ class AdaptivePolicy:
 
     # -- choosing ------------------------------------------------------------------------------------------------
 
-    def choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
+    def choose_k(self, seqs: list[Sequence], budget: int, prefill_tokens: int = 0) -> list[int]:
+        """K per decoding sequence. `prefill_tokens`: prompt tokens expected to run in the same step (priced too)."""
         k_max = self.ks[-1]
         adaptive = [s.params.speculative and not needs_fixed_k(s) for s in seqs]
-        ks = self._choose([s for s, a in zip(seqs, adaptive, strict=True) if a])
+        fixed = [0 if a or not s.params.speculative else k_max for s, a in zip(seqs, adaptive, strict=True)]
+        others = [(s, k) for s, k, a in zip(seqs, fixed, adaptive, strict=True) if not a]
+        ks = self._choose([s for s, a in zip(seqs, adaptive, strict=True) if a], others, prefill_tokens)
         it = iter(ks)
-        return [next(it) if a else (k_max if s.params.speculative else 0) for s, a in zip(seqs, adaptive, strict=True)]
+        return [next(it) if a else k for k, a in zip(fixed, adaptive, strict=True)]
 
-    def _choose(self, seqs: list[Sequence]) -> list[int]:
+    def _choose(self, seqs: list[Sequence], others: list[tuple[Sequence, int]], prefill_tokens: int) -> list[int]:
+        """Allocation for the adaptive `seqs`; `others` (sequence, fixed K) share the step and its price."""
         if not seqs or len(self.ks) == 1:
             return [0] * len(seqs)
         warmup = self.warmup_steps_per_k * len(self.ks)
         if self.steps < warmup or not self.cost.ready:
             return self._uniform(seqs, self.ks[self.steps % len(self.ks)])  # try every K while the model forms
         accept = [self.acceptance(s) for s in seqs]
+        # The rest of the step at any K: its rows, their drafts (capped by room left, as the scheduler does), the
+        # tokens they are expected to emit, and the prefill.
+        b = len(seqs) + len(others)
+        other_k = [max(0, min(k, s.max_total_len - s.num_tokens - 1)) for s, k in others]
+        fixed_draft, fixed_passes = sum(other_k), max(other_k, default=0)
+        fixed_tokens = sum(expected_tokens(self.acceptance(s), k) for (s, _), k in zip(others, other_k, strict=True))
+
+        def step_time(alloc: list[int]) -> float:
+            return max(self.cost.predict(b, fixed_draft + sum(alloc), max(fixed_passes, *alloc), prefill_tokens), 1e-9)
+
+        t0 = step_time([0] * len(seqs))
+        per_draft = max(self.cost.predict(b, fixed_draft + 1, fixed_passes, prefill_tokens) - t0, 1e-9)
+        theta = ((len(seqs) + fixed_tokens) / t0) * per_draft  # tokens a draft must add to pay for itself
         best_k, best_rate, best_alloc = 0, -1.0, [0] * len(seqs)
-        b = len(seqs)
-        t0 = self.cost.predict(b, 0, 0)
-        per_draft = max(self.cost.predict(b, 1, 0) - t0, 1e-9)  # seconds one more verified draft token costs
-        theta = (b / max(t0, 1e-9)) * per_draft  # tokens a draft must be expected to add to pay for itself
         for k in self.ks:
             alloc = [self._own_k(a, k, theta) for a in accept]
-            t = self.cost.predict(b, sum(alloc), max(alloc))
-            rate = sum(expected_tokens(a, kk) for a, kk in zip(accept, alloc, strict=True)) / max(t, 1e-9)
+            rate = (fixed_tokens + sum(expected_tokens(a, kk) for a, kk in zip(accept, alloc, strict=True))) \
+                / step_time(alloc)
             if rate > best_rate:
                 best_k, best_rate, best_alloc = k, rate, alloc
         if best_k and self._measured_worse_than_k0(b):
             best_k, best_alloc = 0, [0] * len(seqs)
         if self.steps - self.last_probe >= self.probe_every:
-            # Probe the K tried longest ago (K = 0 included): while one K runs, the window holds only its steps and
+            # Probe the K asked longest ago (K = 0 included): while one K runs, the window holds only its steps and
             # the model cannot tell rows from drafts; acceptance or load may also have moved.
             self.last_probe = self.steps
-            stale = min((kk for kk in self.ks if kk != best_k), key=lambda kk: self.last_tried.get(kk, -1))
-            return self._uniform(seqs, stale)
+            best_k = min((kk for kk in self.ks if kk != best_k), key=lambda kk: self.last_tried.get(kk, -1))
+            best_alloc = self._uniform(seqs, best_k)
+        self.last_tried[best_k] = self.steps
         return best_alloc
 
     def _measured_worse_than_k0(self, batch: int) -> bool:
@@ -154,6 +172,7 @@ class AdaptivePolicy:
         return own
 
     def _uniform(self, seqs: list[Sequence], k: int) -> list[int]:
+        self.last_tried[k] = self.steps
         return [k] * len(seqs)
 
     # -- learning ------------------------------------------------------------------------------------------------
@@ -167,7 +186,6 @@ class AdaptivePolicy:
                 self.global_failures = 0.98 * self.global_failures + (1.0 if acc < d else 0.0)
         passes = max(rec.num_draft, default=0)
         if rec.batch_size:
-            self.last_tried[passes] = self.steps
             if not rec.num_prefill_tokens and rec.seconds > 0:  # decode-only steps: realized tokens per second
                 key = (batch_bucket(rec.batch_size), passes > 0)
                 self.realized.setdefault(key, deque(maxlen=8)).append(rec.emitted_tokens / rec.seconds)

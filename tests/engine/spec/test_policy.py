@@ -122,3 +122,67 @@ def test_stops_drafting_when_load_makes_drafts_expensive():
             assert sum(k > 0 for k in tail) > 80
         else:
             assert sum(k == 0 for k in tail) > 80
+
+
+def test_probes_rotate_over_every_k_when_the_proposer_falls_short_of_k():
+    """n-gram rarely fills K_max. Probes keyed by the longest draft *produced* never saw K = 3 or 4 tried, so every
+    probe re-ran the same "stalest" K for every sequence; keyed by the K asked, probes rotate over all of them."""
+    policy = AdaptivePolicy(k_max=4, probe_every=8)
+    batch = seqs(4, acceptance=0.7)
+    probed = []
+    for _ in range(400):
+        ks = policy.choose_k(batch, 10_000)
+        if policy.last_probe == policy.steps and policy.steps >= 40:  # this step is a probe (after warm-up)
+            probed.append(max(ks))
+        produced = [min(k, 2) for k in ks]  # the proposer finds at most 2 drafts
+        acc = [round(0.7 * d) for d in produced]
+        policy.observe(StepRecord(len(batch), 0, produced, acc, sum(acc) + len(batch),
+                                  0.010 + 0.001 * len(batch) + 0.0005 * sum(produced)))
+    assert len(probed) >= 30
+    counts = {k: probed.count(k) for k in set(probed)}
+    assert len(counts) >= 3, f"probes stuck on {counts}"
+    assert max(counts.values()) <= 0.6 * len(probed), f"probes stuck on {counts}"
+
+
+def fitted_policy(c0: float, row: float, draft: float, prefill: float) -> AdaptivePolicy:
+    """A policy past warm-up whose cost model has seen 80 steps of t = c0 + row*b + draft*D + prefill*F. Every
+    training step carries prefill, so the realized-rate guard (decode-only steps) stays out of the way."""
+    policy = AdaptivePolicy(k_max=4, probe_every=10_000)
+    for i in range(80):
+        b, k, f = 1 + i % 16, i % 5, 1 + (i * 37) % 200
+        policy.observe(StepRecord(b, f, [k] * b, [0] * b, b, c0 + row * b + draft * b * k + prefill * f))
+    return policy
+
+
+# Drafts cost 3 ms per token; a row 1 ms; a prompt token 0.1 ms. At acceptance 0.7, one lone sequence gains from a
+# draft (1.7 tokens in 8 ms > 1 token in 5 ms) but not by more than one.
+COSTS = dict(c0=0.004, row=0.001, draft=0.003, prefill=0.0001)
+
+
+def test_other_rows_in_the_step_are_priced():
+    """One adaptive sequence among 15 that opted out: the step emits 16 tokens in 20 ms at K = 0, and a draft
+    (+0.7 tokens for 3 ms) would lower that rate. Priced as a batch of 1 (the old code) it looked worth drafting."""
+    policy = fitted_policy(**COSTS)
+    batch = seqs(1, acceptance=0.7) + seqs(15, acceptance=0.7, speculative=False)
+    assert policy.choose_k(batch, 10_000) == [0] * 16
+
+
+def test_prefill_in_the_step_is_priced():
+    """The same lone sequence sharing its step with 400 prompt tokens (40 ms): drafts now cost little next to the
+    step, and all 4 pay (2.8 tokens in 57 ms > 1 token in 45 ms). Priced without the prefill, K stayed at 1."""
+    policy = fitted_policy(**COSTS)
+    batch = seqs(1, acceptance=0.7)
+    assert policy.choose_k(batch, 10_000) == [1]  # alone, decode-only: one draft pays, two do not
+    assert policy.choose_k(batch, 10_000, 400) == [4]
+
+
+def test_seeded_rows_drafts_are_priced_with_the_step():
+    """Seven seeded sampled rows verify K_max = 4 each at acceptance 0.1 (28 draft tokens, 84 ms, ~8 tokens): the
+    step's rate is low, so the adaptive row's drafts pay up to K = 3 (10.3 tokens in 105 ms beats 9.5 in 99 ms and
+    10.6 in 108 ms). Priced without those rows (a lone sequence) its K stayed at 1."""
+    policy = fitted_policy(**COSTS)
+    batch = seqs(1, acceptance=0.7) + seqs(7, acceptance=0.1)
+    for s in batch[1:]:
+        s.params = SamplingParams(seed=3, temperature=1.0)
+    ks = policy.choose_k(batch, 10_000)
+    assert ks == [3] + [4] * 7
