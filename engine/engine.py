@@ -24,6 +24,7 @@ from engine.select import Selection, select_tokens
 from engine.sequence import Sequence
 from engine.spec.base import Proposer
 from engine.spec.policy import record_verify
+from engine.structured.support import StructuredSupport
 from engine.stats import EngineCounters, StepRecord
 
 log = logging.getLogger("specserve.engine")
@@ -58,7 +59,8 @@ class LLMEngine:
         self.limits = limits
         self.vocab_size = info.vocab_size
         self.eos_token_ids = frozenset(eos_token_ids)
-        self.proposer = proposer
+        self.structured = StructuredSupport(tokenizer, info.vocab_size, eos_token_ids)  # grammars (structured output)
+        self.proposer = self.structured.wrap_proposer(proposer)
         self.policy = policy
         self.scheduler = Scheduler(limits.max_num_seqs, limits.max_queue, limits.max_num_batched_tokens)
         self.counters = EngineCounters()
@@ -96,6 +98,7 @@ class LLMEngine:
         runner_check = getattr(self.runner, "check_request", None)
         if runner_check is not None:
             runner_check(prompt_ids, params)
+        self.structured.check(params)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                     arrival_time: float | None = None) -> list[Sequence]:
@@ -117,6 +120,7 @@ class LLMEngine:
                 params=params, max_total_len=min(max_total, self.limits.max_model_len), stop_token_ids=stop_ids,
                 generator=gen, arrival_time=arrival,
             )
+            self.structured.attach(seq)
             self._detok[seq] = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)
             self.scheduler.add(seq)
             seqs.append(seq)
@@ -237,13 +241,17 @@ class LLMEngine:
         num_draft = len(seq.draft_ids)
         if num_draft:
             seq.spec.draft_tokens += num_draft
-            record_verify(seq, num_draft, sel.num_accepted)
+            if not seq.num_forced_drafts:  # forced drafts say nothing about how well the proposer predicts
+                record_verify(seq, num_draft, sel.num_accepted)
             if self.proposer is not None:
                 self.proposer.on_verified(seq, sel.num_accepted)
         seq.spec.target_passes += 1
         # KV of the accepted drafts is valid; positions past them hold rejected drafts and get overwritten later.
         seq.num_computed += sel.num_accepted
         seq.draft_ids = []
+        if seq.grammar is not None and (err := self.structured.on_emitted(seq, sel.token_ids, sel.num_accepted)):
+            self._finish(seq, "error", error=err)
+            return
         detok = self._detok[seq]
         p = seq.params
         for j, tok in enumerate(sel.token_ids):

@@ -27,12 +27,14 @@ class SpecStats:
     draft_tokens: int = 0  # draft tokens proposed and verified for this request
     accepted_tokens: int = 0  # of those, accepted by the rejection sampler
     target_passes: int = 0  # target forward passes that produced output for this request (decode or verify)
+    forced_tokens: int = 0  # accepted drafts that the grammar forced (free: no draft model ran for them)
 
     def as_dict(self) -> dict[str, int]:
         return {
             "draft_tokens": self.draft_tokens,
             "accepted_tokens": self.accepted_tokens,
             "target_passes": self.target_passes,
+            "forced_tokens": self.forced_tokens,
         }
 
 

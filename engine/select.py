@@ -28,9 +28,13 @@ class Selection:
 
 
 def row_contexts(seq: Sequence, drafts: list[int]) -> list[RowContext]:
-    """The k+1 pipeline rows of a sequence verifying k drafts: row j has drafts[:j] appended to its history."""
+    """The k+1 pipeline rows of a sequence verifying k drafts: row j has drafts[:j] appended to its history.
+
+    Under a grammar, row j also carries the tokens allowed in the state drafts[:j] reach (structured output).
+    """
     out = seq.output_ids
-    return [RowContext(seq.params, seq.prompt_ids, out + drafts[:j] if j else out, seq.stop_token_ids)
+    allowed = seq.grammar.masks_for(drafts) if seq.grammar is not None else [None] * (len(drafts) + 1)
+    return [RowContext(seq.params, seq.prompt_ids, out + drafts[:j] if j else out, seq.stop_token_ids, allowed[j])
             for j in range(len(drafts) + 1)]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -47,6 +48,10 @@ class Sequence:
     spec: SpecStats = field(default_factory=SpecStats)
     accept_successes: float = 0.0  # recency-weighted accepted drafts (speculation policy's acceptance evidence)
     accept_failures: float = 0.0  # recency-weighted rejections (at most one per verify)
+    # Structured output: engine.structured.state.GrammarState over output_ids (None = unconstrained), and how many of
+    # this step's drafts the grammar forced.
+    grammar: Any = None
+    num_forced_drafts: int = 0
     # Timing (time.monotonic).
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None

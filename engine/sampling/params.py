@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from engine.structured.spec import GrammarSpec
 
 # Bounds that protect the server; the server may narrow them further from its settings.
 MAX_N = 16
@@ -37,6 +41,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; k >= 0: the sampled token's logprob plus the top k
     speculative: bool = True  # False: this request never gets draft tokens
+    structured: GrammarSpec | None = None  # output constrained to this grammar (JSON schema, any JSON object, ...)
 
     @property
     def greedy(self) -> bool:

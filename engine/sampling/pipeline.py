@@ -4,7 +4,7 @@ One function, `process_logits`, applied identically to target and draft logits, 
 processing on both sides is what keeps speculative decoding lossless for every sampling parameter (see DESIGN.md).
 
 Order (as vLLM / HF): repetition penalty, presence & frequency penalties, logit_bias, min_tokens masking of stop
-tokens; then, for non-greedy rows only, temperature, top_k, top_p, min_p. Masked tokens get -inf.
+tokens, the grammar's allowed tokens (structured output: before top-k/top-p, so those keep allowed tokens); then, for non-greedy rows only, temperature, top_k, top_p, min_p. Masked tokens get -inf.
 
 Everything is batched over rows; per-row Python only builds small index lists, and a knob nobody in the batch uses
 costs nothing.
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.sampling.params import SamplingParams
+from engine.structured.masking import apply_allowed
 
 
 @dataclass
@@ -34,6 +35,8 @@ class RowContext:
     output_ids: Sequence[int]  # tokens generated so far, as seen at this row
     # EOS + params.stop_token_ids; masked while len(output_ids) < params.min_tokens
     stop_token_ids: Sequence[int] = ()
+    # `[V]` bool: tokens the request's grammar allows at this row (engine.structured), None = unconstrained
+    allowed: torch.Tensor | None = None
 
 
 def process_logits(logits: torch.Tensor, rows: Sequence[RowContext]) -> torch.Tensor:
@@ -51,6 +54,7 @@ def process_logits(logits: torch.Tensor, rows: Sequence[RowContext]) -> torch.Te
     _apply_penalties(out, rows)
     _apply_logit_bias(out, rows)
     _apply_min_tokens(out, rows)
+    _apply_grammar(out, rows)
 
     # Sampling knobs only shape the distribution of non-greedy rows; greedy rows keep their argmax as is.
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
@@ -160,6 +164,12 @@ def _apply_min_tokens(out: torch.Tensor, rows: Sequence[RowContext]) -> None:
         (torch.tensor(r_idx, device=device), torch.tensor(t_idx, device=device)),
         torch.tensor(-math.inf, dtype=torch.float32, device=device),
     )
+
+
+def _apply_grammar(out: torch.Tensor, rows: Sequence[RowContext]) -> None:
+    idx = [i for i, r in enumerate(rows) if r.allowed is not None]
+    if idx:
+        apply_allowed(out, idx, torch.stack([rows[i].allowed for i in idx]))  # (R, V) bool
 
 
 def _apply_temperature(out: torch.Tensor, rows: Sequence[RowContext], sampled: list[int]) -> None:

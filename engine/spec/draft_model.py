@@ -48,7 +48,10 @@ class DraftModelProposer:
             logits = self.runner.execute(batch)  # (len(rows), V)
             for (s, _), t in zip(rows, tokens, strict=True):
                 s.draft_num_computed += len(t)
-            ctxs = [RowContext(s.params, s.prompt_ids, s.output_ids + s.draft_ids, s.stop_token_ids) for s, _ in rows]
+            # Under a grammar each draft is sampled from the draft distribution masked by the state it would reach.
+            ctxs = [RowContext(s.params, s.prompt_ids, s.output_ids + s.draft_ids, s.stop_token_ids,
+                               s.grammar.allowed_after(s.draft_ids) if s.grammar is not None else None)
+                    for s, _ in rows]
             row_probs = probs_from_processed(process_logits(logits, ctxs))  # (R, V)
             greedy = torch.tensor([s.params.greedy for s, _ in rows], device=row_probs.device)
             sampled = sample_from_probs(row_probs, [s.generator for s, _ in rows])

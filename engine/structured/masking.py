@@ -1,0 +1,43 @@
+"""llguidance's packed token bitmask -> boolean rows, and applying them to logits.
+
+A bitmask row is `[ceil(V / 32)]` int32: bit b of word w allows token 32 * w + b. llguidance's own torch helper
+compiles its kernel with `torch.compile`, which on CPU means an inductor C++ build at first use; unpacking with plain
+tensor ops costs a few microseconds per row instead and works on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_BITS = torch.arange(32, dtype=torch.int32)  # (32,)
+
+
+def unpack_bitmask(packed: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """`[N, W]` int32 -> `[N, vocab_size]` bool (True = allowed); tokens past 32 * W are disallowed."""
+    n, w = packed.shape
+    bits = (packed.unsqueeze(-1) >> _BITS) & 1  # (N, W, 32)
+    allowed = bits.reshape(n, w * 32).bool()  # (N, 32 W)
+    if w * 32 >= vocab_size:
+        return allowed[:, :vocab_size]
+    pad = torch.zeros(n, vocab_size - w * 32, dtype=torch.bool)
+    return torch.cat([allowed, pad], dim=1)
+
+
+def apply_allowed(logits: torch.Tensor, row_idx: list[int], allowed: torch.Tensor) -> None:
+    """Set disallowed tokens of `logits[row_idx]` to -inf, in place. `allowed` `[len(row_idx), V]` bool.
+
+    A row the other processors already emptied of every allowed token (e.g. min_tokens masking the only token the
+    grammar allows, or a logit_bias of -100 on it) keeps the grammar's choice: uniform over the allowed tokens. The rule
+    is a function of the row alone, so draft and target rows get the same distribution and speculation stays lossless.
+    """
+    if not row_idx:
+        return
+    index = torch.tensor(row_idx, device=logits.device)
+    allowed = allowed.to(logits.device)
+    sub = logits[index].masked_fill(~allowed, -math.inf)  # (R, V)
+    empty = torch.isneginf(sub).all(dim=-1) & allowed.any(dim=-1)  # (R,)
+    if bool(empty.any()):
+        sub[empty] = torch.where(allowed[empty], 0.0, -math.inf)
+    logits[index] = sub

@@ -1,0 +1,112 @@
+"""One sequence's grammar state: the matcher advanced over the committed (emitted) tokens, plus tentative drafts.
+
+Speculation walks the matcher forward over draft tokens that may be rejected. The matcher holds
+`committed + tentative` tokens; `_sync(drafts)` rolls back to the longest common prefix of `tentative` and `drafts`
+and consumes the rest, so a draft proposer asking for the mask after drafts[:1], drafts[:2], ... and then the verify
+step asking for all k+1 masks cost one consume per token. `commit(tokens)` rolls every tentative token back (the
+rejected drafts' grammar state is undone) and consumes what the rejection sampler emitted.
+
+llguidance never raises on a bad token: the matcher enters a permanent error state. Draft tokens are therefore
+validated (`validate_tokens`, which does not advance the matcher) before they are consumed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.structured.masking import unpack_bitmask
+
+
+class GrammarError(RuntimeError):
+    """An emitted token the grammar does not allow (a bug: emitted tokens were sampled under the grammar's mask)."""
+
+
+class GrammarState:
+    def __init__(self, matcher, vocab_size: int):
+        self._m = matcher  # llguidance.LLMatcher
+        self.vocab_size = vocab_size
+        self._tentative: list[int] = []  # draft tokens consumed on top of the committed ones
+        self._words = (vocab_size + 31) // 32
+        self.num_committed = 0
+
+    # -- queries ---------------------------------------------------------------------------------------------------
+
+    def allowed_after(self, drafts: list[int]) -> torch.Tensor | None:
+        """`[V]` bool: tokens the grammar allows after committed + `drafts`.
+
+        A finished grammar allows only EOS. None when no constraint applies: `drafts` is not a valid continuation (its
+        row follows a draft the target rejects for sure, since the target gives that draft zero mass) or nothing at
+        all is allowed (an empty row would turn into NaN probabilities).
+        """
+        if not self._sync(drafts):
+            return None
+        packed = torch.frombuffer(bytearray(self._m.compute_bitmask()), dtype=torch.int32)  # (W,)
+        allowed = unpack_bitmask(packed.view(1, -1), self.vocab_size)[0]
+        return allowed if bool(allowed.any()) else None
+
+    def masks_for(self, drafts: list[int]) -> list[torch.Tensor | None]:
+        """The k+1 allowed-token rows of a verify block: row j after drafts[:j]."""
+        return [self.allowed_after(drafts[:j]) for j in range(len(drafts) + 1)]
+
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many leading `tokens` the grammar accepts after the committed tokens (the matcher does not move)."""
+        self._sync([])
+        return self._m.validate_tokens(tokens) if tokens else 0
+
+    def forced_tokens(self, limit: int) -> list[int]:
+        """Up to `limit` tokens the grammar forces next (a unique continuation, e.g. `{"name": "`)."""
+        if limit <= 0:
+            return []
+        self._sync([])
+        if self._m.is_stopped():
+            return []
+        return list(self._m.compute_ff_tokens())[:limit]
+
+    @property
+    def is_finished(self) -> bool:
+        self._sync([])
+        return self._m.is_stopped()
+
+    @property
+    def is_accepting(self) -> bool:
+        self._sync([])
+        return self._m.is_accepting()
+
+    # -- updates ---------------------------------------------------------------------------------------------------
+
+    def commit(self, tokens: list[int]) -> None:
+        """Roll back every tentative draft, then advance over the emitted `tokens`."""
+        self._sync([])
+        if self._m.is_stopped():
+            return  # tokens past the grammar's end (e.g. ignore_eos); nothing left to constrain
+        n = self._m.validate_tokens(tokens) if tokens else 0
+        if n and not self._m.consume_tokens(tokens[:n]):
+            raise GrammarError(self._m.get_error())
+        self.num_committed += n
+        # Tokens after the grammar's end (a bonus token drawn past an accepted EOS draft) are cut by the engine's
+        # stop check; anything else the grammar refuses is a bug.
+        if n < len(tokens) and not self._m.is_stopped():
+            raise GrammarError(f"token {tokens[n]} is not allowed by the grammar here")
+
+    def reset_drafts(self) -> None:
+        self._sync([])
+
+    def _sync(self, drafts: list[int]) -> bool:
+        """Make the matcher hold committed + `drafts`; False (holding the longest valid prefix) if they are invalid."""
+        common = 0
+        for a, b in zip(self._tentative, drafts, strict=False):  # lengths differ by design
+            if a != b:
+                break
+            common += 1
+        if common < len(self._tentative):
+            self._m.rollback(len(self._tentative) - common)
+            del self._tentative[common:]
+        rest = drafts[common:]
+        if not rest:
+            return True
+        if self._m.is_stopped():
+            return False
+        n = self._m.validate_tokens(rest)
+        if n and self._m.consume_tokens(rest[:n]):
+            self._tentative.extend(rest[:n])
+        return n == len(rest)
