@@ -79,7 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not send ignore_eos/min_tokens (outputs may end early at EOS)")
     g.add_argument("--dataset", default="code", help="code, chat, repetitive (bundled) or PATH.jsonl")
     g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request")
-    g.add_argument("--seed", type=int, default=0, help="request i gets seed+i; also seeds Poisson arrivals")
+    g.add_argument("--seed", type=int, default=None,
+                   help="request i gets seed+i (default: unseeded, so the adaptive policy adapts sampled requests "
+                        "too); also seeds Poisson arrivals (default 0)")
     g.add_argument("--warmup", type=int, default=2, help="requests sent (and ignored) before each configuration")
     g.add_argument("--logprobs", action="store_true",
                    help="ask for per-token logprobs to count tokens per chunk exactly (else spread usage by text)")
@@ -129,7 +131,7 @@ async def sweep(base_url: str, items: list[dict[str, Any]], spec: RequestSpec, a
         client = make_client(conc or args.num_prompts)
         try:
             results, duration = await run_load(base_url, items, spec, num_prompts=args.num_prompts, concurrency=conc,
-                                               request_rate=rate, seed=args.seed, on_done=done, client=client)
+                                               request_rate=rate, seed=args.seed or 0, on_done=done, client=client)
         finally:
             await client.aclose()
             if bar:
@@ -186,6 +188,9 @@ def first_model(base_url: str, api_key: str | None = None) -> str:
 
 
 def request_spec(args: argparse.Namespace, model: str) -> RequestSpec:
+    if args.seed is not None and args.temperature > 0:
+        print("specserve bench: warning: --seed with --temperature > 0 seeds every request; the adaptive policy runs "
+              "seeded sampled requests at a fixed K (K_max), so this measures static K, not adaptive", file=sys.stderr)
     return RequestSpec(model=model, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                        logprobs=args.logprobs, control_length=not args.no_length_control, api_key=args.api_key)
 
