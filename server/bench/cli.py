@@ -4,7 +4,8 @@
     specserve bench --base-url ... --request-rate 2,8 --num-prompts 100            # Poisson arrivals
     specserve bench compare --target DIR --draft-model DIR --concurrency 1,4,16    # starts each config itself
 
-Writes FILE.json (schema `specserve-bench/1`), FILE.md (the table) and FILE_throughput.png / FILE_itl.png next to it.
+Writes FILE.json (schema `specserve-bench/1`), FILE.md (the table) and, with matplotlib (the `bench` extra),
+FILE_{throughput,ttft,itl,acceptance,tokens_per_pass}.png next to it.
 """
 
 from __future__ import annotations

@@ -108,8 +108,8 @@ def test_document_schema_table_and_plots(tmp_path):
     table = markdown_table(runs)
     assert table.count("\n") == 2 + len(runs)
     paths = plot_runs(runs, tmp_path / "x")
-    assert [p.rsplit("_", 1)[1] for p in paths] == ["throughput.png", "itl.png"]
-    assert all((tmp_path / f"x_{s}").stat().st_size > 1000 for s in ("throughput.png", "itl.png"))
+    assert [p.rsplit("_", 1)[1] for p in paths] == ["throughput.png", "ttft.png", "itl.png"]  # no spec figures
+    assert all((tmp_path / f"x_{s}").stat().st_size > 1000 for s in ("throughput.png", "ttft.png", "itl.png"))
 
 
 def test_compare_ratios():
