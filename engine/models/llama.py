@@ -57,15 +57,21 @@ _CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTIO
 class RMSNorm(nn.Module):
     """RMSNorm as one fused op. It normalises in float32 like HF; for bf16 it also scales by the weight in float32
     before rounding (HF rounds first), which is slightly more accurate and one kernel instead of eight (launch-bound
-    decode on a GPU measured 2x slower with the eight)."""
+    decode on a GPU measured 2x slower with the eight).
+
+    `out_dtype` (set by `LlamaForCausalLM.keep_residual_fp32`): the norm reads the fp32 residual stream with an fp32
+    weight and hands the next matmul its input in the weights' dtype."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.out_dtype: torch.dtype | None = None  # None: the input's dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        if self.out_dtype is None:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return F.rms_norm(x.to(self.weight.dtype), self.weight.shape, self.weight, self.eps).to(self.out_dtype)
 
 
 class Attention(nn.Module):
@@ -150,11 +156,29 @@ class LlamaForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = RotaryEmbedding(cfg)
+        self.residual_dtype: torch.dtype | None = None  # None: the weights' dtype (see keep_residual_fp32)
+
+    def keep_residual_fp32(self) -> None:
+        """Run the residual stream and the norms in float32 over low-precision weights (DESIGN.md, near-ties).
+
+        The norm weights become fp32 (a few KB); every norm hands its matmul a bf16/fp16 input; each block's output
+        (weights' dtype) is added into the fp32 stream. Logits stay the head's output, widened by the runner. A no-op
+        for fp32 weights."""
+        wdtype = self.embed_tokens.weight.dtype
+        if wdtype == torch.float32:
+            return
+        self.residual_dtype = torch.float32
+        for m in self.modules():
+            if isinstance(m, RMSNorm):
+                m.weight.data = m.weight.data.float()
+                m.out_dtype = wdtype
 
     def forward(self, inp: StepInputs, cache: KVCache) -> torch.Tensor:
         """Run the rows, update the cache; return logits (N, vocab) in the model dtype for `inp.logits_idx`."""
         B, S = inp.input_ids.shape  # noqa: N806
         x = self.embed_tokens(inp.input_ids)  # (B, S, hidden)
+        if self.residual_dtype is not None:
+            x = x.to(self.residual_dtype)
         cos, sin = self.rotary(inp.positions)  # (B, S, 1, D) float32
         mask = inp.attn_mask
         group = self.config.num_heads // self.config.num_kv_heads

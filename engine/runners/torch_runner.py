@@ -80,6 +80,7 @@ class TorchRunner:
         self.device, self.dtype = param.device, param.dtype
         self.cfg = cfg
         self.max_slots, self.max_model_len = max_slots, max_model_len
+        model.keep_residual_fp32()  # bf16/fp16 weights, fp32 residual stream and norms (near-ties, DESIGN.md)
         self.packed_linears = 0
         if pack_weights and self.device.type == "cpu" and self.dtype == torch.bfloat16:
             self.packed_linears = pack_cpu_bf16_linears(model)
