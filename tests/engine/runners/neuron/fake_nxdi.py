@@ -46,6 +46,7 @@ from tests.engine.runners.neuron.contract_model import ContractViolation, SlotMo
 
 VERSION = "0.8.0"  # _version.py at cd3abf3
 COMPILES: list[str] = []
+ROUTES: list[str] = []  # the model each forward call ran: "context_encoding_model", "speculation_model", ...
 _SIGS = json.loads((Path(__file__).parent / "real_signatures.json").read_text())
 _POPPED = set(next(v for v in _SIGS["neuronx_distributed_inference"] if v["version"] == VERSION)["callables"][
     "neuronx_distributed_inference.models.config.NeuronConfig.__init__"]["popped_kwargs"])
@@ -260,10 +261,13 @@ class NeuronLlamaForCausalLM:
         if seq_ids is None:
             seq_ids = torch.arange(input_ids.shape[0])
         if position_ids.min().item() == 0:  # _is_prefill (3591)
+            ROUTES.append("context_encoding_model")
             logits = self.context_encoding_model(input_ids, attention_mask, position_ids, seq_ids)
         elif input_ids.shape[-1] == self.nc.speculation_length:
+            ROUTES.append("speculation_model")
             logits = self.speculation_model(input_ids, attention_mask, position_ids, seq_ids)
         else:
+            ROUTES.append("token_generation_model")
             logits = self.token_generation_model(input_ids, attention_mask, position_ids, seq_ids)
         return CausalLMOutputWithPast(logits=logits, hidden_states=logits)
 
@@ -271,6 +275,7 @@ class NeuronLlamaForCausalLM:
 def install(monkeypatch) -> None:
     """Register the fake as `neuronx_distributed_inference` for the duration of a test."""
     COMPILES.clear()
+    ROUTES.clear()
     names = ["neuronx_distributed_inference", "neuronx_distributed_inference.models",
              "neuronx_distributed_inference.models.config", "neuronx_distributed_inference.models.llama",
              "neuronx_distributed_inference.models.llama.modeling_llama", "neuronx_distributed_inference.utils",

@@ -50,6 +50,7 @@ from tests.engine.runners.neuron.contract_model import ContractViolation, SlotMo
 
 VERSION = "0.13.x"  # transformers_neuronx/version.py at 1ade6d7
 COMPILES: list[str] = []  # one entry per graph compiled (not loaded): tests count cache misses
+ROUTES: list[str] = []  # the branch each multi-token / fused call took: "context", "speculation", "fused"
 _M = "transformers_neuronx.llama.model.LlamaForSampling."
 
 
@@ -309,9 +310,11 @@ class LlamaForSampling:
         if n > 1 and cache_ids.flatten()[0].item() == 0:
             # base.py 506: the context path for every row (cache ids arange(bucket), ids zero-padded), then the
             # speculation graph runs over those positions: positions 0..bucket-1 of every listed slot are rewritten.
+            ROUTES.append("context")
             logits = self._context_rows(input_ids, cache_ids, start_ids)
             k = _find(sorted({k for k, _ in self.decoder_lm_head_for_speculation}), n)
             return logits[:, -k:].permute(1, 2, 0)
+        ROUTES.append("speculation")
         spec_n_positions = _find(self.context_buckets, n)
         assert n <= spec_n_positions, f"invalid input prompt length ({n} <= {spec_n_positions})"
         prompt_buckets = sorted({k for k, _ in self.decoder_lm_head_for_speculation})
@@ -386,9 +389,11 @@ class FusedSpeculativeDecoder(torch.nn.Module):
         batch_size, _ = input_ids.shape
         min_values_per_row, _ = torch.min(cache_ids, dim=-1)
         if (min_values_per_row == 0).any():  # 767-800: context decoding for the whole call
+            ROUTES.append("context")
             target_next_id = self.target(input_ids, cache_ids, start_ids).reshape(batch_size, -1)
             self.draft(input_ids, cache_ids, start_ids)
             return target_next_id, torch.tensor([[1]] * batch_size)
+        ROUTES.append("fused")
         seq_ids = start_ids.flatten().to(torch.long)
         graph_batch_size = self.batch_sizes[0]
         full_input_ids, cache_ids_pad = [self.preprocess_input(t, seq_ids, graph_batch_size)
@@ -436,6 +441,7 @@ class FusedSpeculativeDecoder(torch.nn.Module):
 def install(monkeypatch) -> None:
     """Register the fake as `transformers_neuronx` for the duration of a test."""
     COMPILES.clear()
+    ROUTES.clear()
     root = types.ModuleType("transformers_neuronx")
     root.__version__ = VERSION
     config = types.ModuleType("transformers_neuronx.config")
