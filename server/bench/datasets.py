@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-BUNDLED = ("code", "chat", "repetitive")
+BUNDLED = ("code", "chat", "repetitive", "instruct", "extract")
+# `instruct` (general requests: explain, write, summarize, tips) and `extract` (answers drawn from a text in the
+# prompt) are hand-written for the default instruct model and kept as files; build_bundled() does not regenerate them.
 HELD_OUT_MOD = 50  # the demo pair's held-out rule (tools/train_demo_pair.py)
 
 
