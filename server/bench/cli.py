@@ -78,7 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per request")
     g.add_argument("--no-length-control", action="store_true",
                    help="do not send ignore_eos/min_tokens (outputs may end early at EOS)")
-    g.add_argument("--dataset", default="code", help="code, chat, repetitive (bundled) or PATH.jsonl")
+    g.add_argument("--dataset", default="instruct",
+                   help="instruct, extract, chat, code, repetitive (bundled) or PATH.jsonl")
     g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request")
     g.add_argument("--seed", type=int, default=None,
                    help="request i gets seed+i (default: unseeded, so the adaptive policy adapts sampled requests "
@@ -90,8 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-plots", action="store_true", help="write the JSON and Markdown only, no PNG plots")
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     c = p.add_argument_group("compare mode")
-    c.add_argument("--target", default=None, help="target model dir (default: the bundled demo pair)")
-    c.add_argument("--draft-model", default=None, help="draft model dir (default: the demo pair's draft)")
+    c.add_argument("--target", default=None,
+                   help="target model dir or .gguf (default: the embedded SmolLM2-135M-Instruct)")
+    c.add_argument("--draft-model", default=None, help="draft model dir (default: the embedded default's draft)")
     c.add_argument("--configs", default="adaptive,k0,static-draft,static-ngram",
                    help="comma list from: adaptive, adaptive-ngram, k0, static-draft, static-ngram, hf-serve")
     c.add_argument("--num-speculative-tokens", type=int, default=4, help="K for the fixed-K configs and the max K")

@@ -99,9 +99,11 @@ class Server:
 def resolve_pair(args: argparse.Namespace) -> tuple[str, str | None]:
     if args.target:
         return args.target, args.draft_model
-    from engine.demo_pair import draft_dir, target_dir
+    # No --target: the embedded default pair (SmolLM2-135M-Instruct + its draft), from the cache (built on first use).
+    from engine.default_model import default_pair
 
-    return str(target_dir()), str(args.draft_model or draft_dir())
+    target, draft = default_pair(with_draft=not args.draft_model)
+    return str(target), str(args.draft_model or draft)
 
 
 def server_for(name: str, target: str, draft: str | None, args: argparse.Namespace) -> Server:
