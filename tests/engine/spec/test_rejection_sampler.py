@@ -2,7 +2,9 @@
 
 Statistical tests run many sequences in one batched call and compare the empirical distribution of emitted tokens
 with the target by a chi-square test (p > 1e-3). Negative controls swap in broken acceptance / residual rules and
-assert that the same test detects them, so the sample sizes are known to be large enough.
+assert that the same test detects them. The controls at realistic error sizes (a 5-10 % residual error, the ratio
+swapped at one draft position) state their power: it is computed from the broken sampler's exact law and asserted
+>= 0.95 before each control runs, for k in {1, 2, 4} and every draft position (see the section at the end).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
+from scipy.stats import chi2, chisquare, ncx2
 
 import engine.spec.rejection_sampler as rs
 from engine.sampling.params import SamplingParams
@@ -285,3 +287,134 @@ def test_cuda_matches_cpu_for_seeded_sequences():
     assert run("cuda") == run("cpu")
     out = run_batch(target[:2].cuda(), draft[:1].cuda(), 1, 22)
     assert chi2_pvalue([o[0] for o in out], target[0]) > P_MIN
+
+
+# --- negative controls with stated power ----------------------------------------------------------------------------
+#
+# The test statistic for draft position j: among the sequences that reached j (the first j drafts accepted), the joint
+# counts of (accepted at j?, token emitted at j) — 2V cells. A correct sampler gives exactly
+#     P(accepted, x) = min(target, draft)(x),     P(rejected, x) = (1 - beta) * residual(x),
+# beta = sum_x min(target, draft), residual = normalize(max(0, target - draft)) — the law that makes the emitted token
+# target-distributed. Testing the joint law (not only the emitted token's marginal) isolates the recovered tokens, so
+# a residual error is not diluted by the accepted mass.
+#
+# Power is computed, not hoped for: for each control the broken sampler's exact cell probabilities give the chi-square
+# non-centrality lambda = n * sum (alt - null)^2 / null at the expected number n of sequences reaching j, and the
+# asymptotic power P(chi2_df(lambda) > critical value at P_MIN) is asserted >= POWER before the control runs (cells the
+# null gives no mass are a detection by themselves: power >= 1 - exp(-n * alt mass there)). Every control must then be
+# detected at every position, for k in {1, 2, 4} and several seeds.
+#
+# Test distributions: target rows Dirichlet(1); each draft row under-weights the target's 4 most likely tokens by the
+# ratios RHO (a draft that misses one likely token and nearly matches the next), the freed mass spread over the rest
+# (acceptance ~0.6). The residual then spans tokens whose target/draft ratios differ, which is when a residual error
+# changes the output at all: with a residual on one token, or one where draft/target is constant, p - c*q
+# normalizes to the same distribution and the "error" is harmless (and undetectable at any N).
+
+POWER = 0.95
+RHO = np.array([0.85, 0.05, 0.85, 0.05])
+
+
+def realistic_pair(k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target rows `[k + 1, V]`, draft rows `[k, V]`) as described above."""
+    rng = np.random.default_rng(seed)
+    target = rng.dirichlet([1.0] * V, size=k + 1)
+    draft = np.zeros((k, V))
+    for j in range(k):
+        p = target[j]
+        order = np.argsort(-p)
+        under, over = order[:4], order[4:]
+        draft[j, under] = RHO * p[under]
+        draft[j, over] = p[over] * (1.0 - draft[j, under].sum()) / p[over].sum()
+    return torch.from_numpy(target).float(), torch.from_numpy(draft).float()
+
+
+def joint_cells(p: np.ndarray, q: np.ndarray, accept: np.ndarray | None = None,
+                residual: np.ndarray | None = None) -> np.ndarray:
+    """Cell probabilities `[2V]` (accepted x, then rejected x) at one position. `accept[x]` = acceptance probability
+    of draft token x (default min(1, p/q)); `residual` = unnormalized recovery distribution (default max(0, p - q))."""
+    accept = np.minimum(1.0, p / q) if accept is None else accept
+    residual = np.maximum(0.0, p - q) if residual is None else residual
+    accepted = q * accept
+    return np.concatenate([accepted, (1.0 - accepted.sum()) * residual / residual.sum()])
+
+
+def power(null: np.ndarray, alt: np.ndarray, n: float) -> float:
+    support = null > 0
+    zero_hit = 1.0 - np.exp(-n * alt[~support].sum())
+    lam = n * float((((alt - null)[support]) ** 2 / null[support]).sum())
+    df = int(support.sum()) - 1
+    return max(zero_hit, float(ncx2.sf(chi2.isf(P_MIN, df), df, lam)))
+
+
+def joint_pvalue(out: list[list[int]], j: int, null: np.ndarray) -> float:
+    """Chi-square p-value of the (accepted at j, token at j) counts among sequences that reached position j."""
+    counts = np.zeros(2 * V)
+    for o in out:
+        if len(o) > j:
+            counts[o[j] + (0 if len(o) > j + 1 else V)] += 1
+    support = null > 0
+    if counts[~support].sum() > 0:
+        return 0.0
+    exp = null[support] / null[support].sum() * counts.sum()
+    return float(chisquare(counts[support], exp).pvalue)
+
+
+def reach(target: torch.Tensor, draft: torch.Tensor, j: int) -> float:
+    """P(the first j drafts are accepted) under the correct rule."""
+    return float(np.prod([torch.minimum(target[i], draft[i]).sum() for i in range(j)]))
+
+
+def run_pair(target: torch.Tensor, draft: torch.Tensor, k: int, seed: int, n: int) -> list[list[int]]:
+    torch.manual_seed(seed)
+    ids = torch.stack([torch.multinomial(draft[j], n, replacement=True) for j in range(k)], 1)  # (n, k)
+    return rejection_sample(ids.tolist(), draft.repeat(n, 1), target.repeat(n, 1), [False] * n, [None] * n)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_joint_acceptance_law_holds_at_every_position(k):
+    target, draft = realistic_pair(k, seed=10 + k)
+    out = run_pair(target, draft, k, seed=k, n=40_000)
+    for j in range(k):
+        p, q = target[j].double().numpy(), draft[j].double().numpy()
+        assert joint_pvalue(out, j, joint_cells(p, q)) > P_MIN, j
+    bonus = [o[k] for o in out if len(o) == k + 1]
+    assert chi2_pvalue(bonus, target[k]) > P_MIN
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("error, n, seeds", [(0.10, 40_000, (0, 1)), (0.05, 80_000, (0, 1))])
+def test_negative_control_residual_error_of_5_to_10_percent_is_detected(monkeypatch, k, error, n, seeds):
+    """Residual max(0, target - (1 - error) * draft): the recovered token leans toward what the draft also likes."""
+    c = 1.0 - error
+    monkeypatch.setattr(rs, "_residual", lambda t, d, ids: (t - c * d).clamp(min=0.0))
+    for seed in seeds:
+        target, draft = realistic_pair(k, seed)
+        out = run_pair(target, draft, k, seed, n)
+        for j in range(k):
+            p, q = target[j].double().numpy(), draft[j].double().numpy()
+            null = joint_cells(p, q)
+            alt = joint_cells(p, q, residual=np.maximum(0.0, p - c * q))
+            assert power(null, alt, n * reach(target, draft, j)) >= POWER, (seed, j)
+            assert joint_pvalue(out, j, null) < P_MIN, (seed, j)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_negative_control_ratio_swapped_at_one_position_is_detected(monkeypatch, k):
+    """Acceptance min(1, draft/target) instead of min(1, target/draft), at draft position j only."""
+    n = 20_000
+    for j in range(k):
+        def swapped_at_j(u, draft_p, target_p, j=j):
+            at_j = (torch.arange(u.shape[0]) % k == j).to(u.device)  # flat index i*k + j: sequence i, position j
+            return torch.where(at_j, u * target_p < draft_p, u * draft_p < target_p)
+
+        monkeypatch.setattr(rs, "_accepted", swapped_at_j)
+        for seed in (0, 1):
+            target, draft = realistic_pair(k, seed)
+            out = run_pair(target, draft, k, seed, n)
+            p, q = target[j].double().numpy(), draft[j].double().numpy()
+            null = joint_cells(p, q)
+            alt = joint_cells(p, q, accept=np.minimum(1.0, q / p))
+            assert power(null, alt, n * reach(target, draft, j)) >= POWER, (seed, j)
+            assert joint_pvalue(out, j, null) < P_MIN, (seed, j)
+            # the emitted token's marginal at j is off too: the control breaks the output, not only the bookkeeping
+            assert chi2_pvalue([o[j] for o in out if len(o) > j], target[j]) < P_MIN, (seed, j)
