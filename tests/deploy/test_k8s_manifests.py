@@ -1,7 +1,7 @@
-"""deploy/k8s: every manifest and every kustomize build validates against the Kubernetes schemas (offline, strict:
-unknown fields fail); the CRDs (ServiceMonitor, ScaledObject) are checked structurally; the pieces agree with each
-other and with the server (probes on /health, grace period covers preStop + drain, KEDA scales on
-specserve_requests_waiting, env vars are real settings)."""
+"""deploy/k8s: every manifest and every `kubectl kustomize` build validates against the Kubernetes schemas (offline,
+strict: unknown fields fail); the CRDs (ServiceMonitor, PrometheusRule, ScaledObject) are checked structurally; the
+pieces agree with each other and with the server (probes on /health, grace period covers preStop + drain, KEDA
+scales on specserve_requests_waiting, env vars are real settings, the PrometheusRule is deploy/prometheus-rules.yml)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,13 @@ def validate_crd(doc: dict, docs: list[dict]) -> None:
         for ep in spec["endpoints"]:
             assert set(ep) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
             assert ep["port"] in port_names and ep["path"] == "/metrics"
+    elif doc["kind"] == "PrometheusRule":
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1" and set(spec) == {"groups"}
+        # the operator evaluates exactly the rules promtool checks and unit-tests (tests/metrics)
+        assert spec["groups"] == yaml.safe_load((ROOT / "deploy" / "prometheus-rules.yml").read_text())["groups"]
+        svc = by_kind(docs, "Service")
+        assert all('job="specserve"' in r["expr"] for g in spec["groups"] for r in g["rules"] if "up{" in r["expr"])
+        assert svc["metadata"]["name"] == "specserve"  # the ServiceMonitor's job label is the Service's name
     elif doc["kind"] == "ScaledObject":
         assert doc["apiVersion"] == "keda.sh/v1alpha1"
         assert set(spec) <= {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval",
@@ -95,8 +102,8 @@ def validate_all(docs: list[dict]) -> None:
 @pytest.mark.parametrize("name", BUILDS)
 def test_kustomize_build_validates(name):
     docs = build(name)
-    assert sorted(d["kind"] for d in docs) == ["Deployment", "PodDisruptionBudget", "ScaledObject", "Service",
-                                               "ServiceMonitor"]
+    assert sorted(d["kind"] for d in docs) == ["Deployment", "PodDisruptionBudget", "PrometheusRule", "ScaledObject",
+                                               "Service", "ServiceMonitor"]
     validate_all(docs)
 
 
