@@ -23,7 +23,8 @@ only — then rows and draft tokens would be collinear and the model could not p
 by the K asked, not the longest draft produced: n-gram rarely fills K_max, so K_max would always look stalest.
 
 Seeded sampled requests (seed set, temperature > 0) always get K_max: the random draws a request consumes depend on the
-K of each step, so a K that followed load would make the same seed give different text. Greedy requests are
+K of each step, so a K that followed load would make the same seed give different text (the scheduler then caps it
+at the sequence's fixed share of the token budget, never by what batch mates took). Greedy requests are
 deterministic at any K and adapt freely. A static policy (`--speculative-policy static`) always grants K_max.
 """
 
