@@ -112,3 +112,16 @@ def test_missing_tokenizer_path(tmp_path, tiny_pair):
     target, _ = tiny_pair
     with pytest.raises(PreflightError, match="^--tokenizer "):
         preflight(load_settings({"model": str(target), "tokenizer": str(tmp_path / "tok")}, environ={}))
+
+
+def test_a_checkpoint_that_passes_the_checks_but_cannot_load_fails_behind_health(tmp_path):
+    """The boundary: a directory with a config.json but no weights passes the pre-bind checks, so the server binds,
+    answers /health 503 while loading, then exits 1 with the load error (orchestrators see the progress)."""
+    from tests.server.server_proc import ServerProcess
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    proc = ServerProcess("--model", tmp_path, "--speculative-method", "none")
+    proc.start(wait_ready=False)
+    assert proc.proc.wait(120) == 1
+    assert any("listening on" in x for x in proc.lines), proc.output()
+    assert any("model loading failed" in x for x in proc.lines), proc.output()
