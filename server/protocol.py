@@ -1,7 +1,8 @@
 """Request models for the OpenAI-compatible endpoints and the mapping from a request to `SamplingParams`.
 
-Unknown fields are ignored (the OpenAI SDK sends extras); fields specserve cannot honour (`tools`, `functions`,
-`response_format` other than text, `suffix`, image content) are refused with a 400 naming them, never ignored silently.
+Unknown fields are ignored (the OpenAI SDK sends extras); fields specserve cannot honour (the legacy `functions` /
+`function_call`, `suffix`, image content) are refused with a 400 naming them, never ignored silently. `response_format`
+(server.structured) and `tools` / `tool_choice` (server.tool_calls) are validated by their own modules.
 Response bodies are built as plain dicts in the serving modules, in OpenAI's shapes.
 """
 
@@ -12,7 +13,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.sampling.params import SamplingParams
+from engine.structured.spec import GrammarSpec
 from server.errors import BadRequestError
+from server.structured import response_format_spec
+from server.tool_calls import ToolPlan
 
 
 class _Request(BaseModel):
@@ -94,11 +98,23 @@ class TextPart(_Request):
     text: str | None = None
 
 
+class ToolCallFunction(_Request):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCall(_Request):
+    id: str | None = None
+    type: str = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(_Request):
     role: str
     content: str | list[TextPart] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a role "tool" message: the call it answers
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -107,46 +123,64 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    # Refused (400) when set to anything meaningful; declared so the refusal can name them.
-    tools: list[Any] | None = None
+    tools: list[Any] | None = None  # server.tool_calls.ToolPlan validates them
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None  # server.structured
+    # The legacy (pre-tools) function-calling fields: refused (400), declared so the refusal can name them.
     functions: list[Any] | None = None
     function_call: Any = None
-    response_format: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
-        for name in ("tools", "functions"):
-            if getattr(self, name):
-                raise BadRequestError(f"{name} (function calling) is not supported by specserve", param=name)
-        for name in ("tool_choice", "function_call"):
-            if getattr(self, name) not in (None, "none"):
-                raise BadRequestError(f"{name} is not supported by specserve (no function calling)", param=name)
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise BadRequestError(
-                f"response_format {self.response_format.get('type')!r} is not supported; only {{'type': 'text'}}",
-                param="response_format")
+        if self.functions:
+            raise BadRequestError("functions (legacy function calling) is not supported; use tools", param="functions")
+        if self.function_call not in (None, "none"):
+            raise BadRequestError("function_call (legacy) is not supported; use tool_choice", param="function_call")
         if self.top_logprobs is not None and not self.logprobs:
             raise BadRequestError("top_logprobs requires logprobs=true", param="top_logprobs")
+        self.tool_plan()
+        self.grammar()
+
+    def tool_plan(self) -> ToolPlan | None:
+        """The request's tools and tool_choice, validated; None without tools."""
+        return ToolPlan.from_request(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def grammar(self) -> GrammarSpec | None:
+        """What the output is constrained to: the forced tool call's schema, else response_format, else nothing."""
+        plan = self.tool_plan()
+        from_tools = plan.grammar() if plan is not None else None
+        from_format = response_format_spec(self.response_format)
+        if from_tools is not None and from_format is not None:
+            raise BadRequestError("response_format cannot be combined with tool_choice 'required' or a named "
+                                  "function (the call's arguments already follow the function's schema)",
+                                  param="response_format")
+        return from_tools or from_format
 
     def to_sampling_params(self) -> SamplingParams:
         # max_completion_tokens supersedes the deprecated max_tokens; None = until the context is full.
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self._common_params(max_tokens, logprobs)
+        params = self._common_params(max_tokens, logprobs)
+        params.structured = self.grammar()
+        return params
 
-    def chat_messages(self) -> list[dict[str, str]]:
-        """Messages as plain {role, content} dicts for the tokenizer's chat template."""
-        out = []
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """Messages as plain dicts for the tokenizer's chat template: {role, content}, plus `tool_calls` on an
+        assistant turn that called tools and `tool_call_id` on a tool result (server.tool_calls shapes them)."""
+        out: list[dict[str, Any]] = []
         for i, m in enumerate(self.messages):
             role = "system" if m.role == "developer" else m.role
-            if role not in ("system", "user", "assistant"):
-                raise BadRequestError(f"messages[{i}].role {m.role!r} is not supported (system, user, assistant)",
-                                      param=f"messages.{i}.role")
-            if m.tool_calls:
-                raise BadRequestError("tool_calls are not supported by specserve", param=f"messages.{i}.tool_calls")
-            if m.content is None:
+            if role not in ("system", "user", "assistant", "tool"):
+                raise BadRequestError(f"messages[{i}].role {m.role!r} is not supported (system, user, assistant, "
+                                      "tool)", param=f"messages.{i}.role")
+            if m.tool_calls and role != "assistant":
+                raise BadRequestError(f"messages[{i}]: only assistant messages carry tool_calls",
+                                      param=f"messages.{i}.tool_calls")
+            if m.content is None and not m.tool_calls:
                 raise BadRequestError(f"messages[{i}].content is required", param=f"messages.{i}.content")
-            if isinstance(m.content, str):
+            if m.content is None:
+                text = None
+            elif isinstance(m.content, str):
                 text = m.content
             else:
                 parts = []
@@ -157,7 +191,13 @@ class ChatCompletionRequest(_SamplingFields):
                             param=f"messages.{i}.content.{j}")
                     parts.append(part.text)
                 text = "".join(parts)
-            out.append({"role": role, "content": text})
+            msg: dict[str, Any] = {"role": role, "content": text}
+            if m.tool_calls:
+                msg["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                    "name": c.function.name, "arguments": c.function.arguments}} for c in m.tool_calls]
+            if role == "tool" and m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
+            out.append(msg)
         return out
 
 
@@ -173,6 +213,7 @@ class CompletionRequest(_SamplingFields):
     logprobs: int | None = None
     suffix: str | None = None
     best_of: int | None = None
+    response_format: dict[str, Any] | None = None  # server.structured (an extension here, as in vLLM)
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -192,9 +233,12 @@ class CompletionRequest(_SamplingFields):
             raise BadRequestError("best_of is not supported (use n)", param="best_of")
         if self.echo and self.logprobs is not None:
             raise BadRequestError("echo together with logprobs is not supported (no prompt logprobs)", param="echo")
+        response_format_spec(self.response_format)
 
     def to_sampling_params(self) -> SamplingParams:
-        return self._common_params(self.max_tokens, self.logprobs)
+        params = self._common_params(self.max_tokens, self.logprobs)
+        params.structured = response_format_spec(self.response_format)
+        return params
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a list of prompts, each a string or a list of token ids."""

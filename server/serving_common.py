@@ -85,6 +85,7 @@ class UsageTally:
             self.spec.draft_tokens += out.spec.draft_tokens
             self.spec.accepted_tokens += out.spec.accepted_tokens
             self.spec.target_passes += out.spec.target_passes
+            self.spec.forced_tokens += out.spec.forced_tokens
 
     def as_dict(self) -> dict[str, Any]:
         return usage_dict(sum(self.prompt_tokens.values()), self.completion_tokens, self.spec)

@@ -115,7 +115,7 @@ CASES: list[tuple[str, str, bytes, int | None]] = [
     ("completions logprobs 100", COMP, _comp(logprobs=100), 400),
     ("stream not bool", CHAT, _chat(stream="sometimes"), 400),
     ("stream_options wrong", CHAT, _chat(stream=True, stream_options="all"), 400),
-    ("tools", CHAT, _chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400),
+    ("tools malformed", CHAT, _chat(tools=[{"type": "function", "function": {"name": "bad name!"}}]), 400),
     ("response_format json_schema", CHAT, _chat(response_format={"type": "json_schema"}), 400),
     ("unknown model", CHAT, _chat(model="gpt-9"), 404),
     ("prompt token ids out of range", COMP, _comp(prompt=[1, 2, 10**9]), 400),
