@@ -142,7 +142,7 @@ def _fused_check(fused, ref, vocab: int, tokens: int) -> Row:
     prompt = torch.randint(0, vocab, (9,), generator=torch.Generator().manual_seed(2)).tolist()
     seq, same = list(prompt), True
     b = ForwardBatch([0], [prompt], [0], [1])
-    for step in range(tokens + 1):
+    for _ in range(tokens + 1):
         got, want = fused.execute(b), ref.execute(b)
         same &= int(got.argmax()) == int(want.argmax())
         seq.append(int(want.argmax()))
