@@ -3,7 +3,7 @@ mirror of every slot's KV contents that turns a `ForwardBatch` into the static-s
 
 Neuron graphs are compiled for fixed shapes, and the two libraries' continuous-batching contracts (transformers-neuronx
 `LlamaForSampling` with `ContinuousBatchingConfig`; NxD Inference `NeuronLlamaForCausalLM` with `is_continuous_batching`)
-share three hazards that shape this file:
+share four hazards that shape this file:
 
 1. Every decode/verify call runs the whole compiled batch. A slot that holds a running sequence must be listed in
    every call, or the library writes padding into it: transformers-neuronx fills unlisted rows with token 0 at cache
@@ -117,6 +117,9 @@ def runner_extra(settings) -> tuple[tuple[str, object], ...]:
         ("k_values", tuple(k_values)),
         ("fused_speculation", n.neuron_fused_speculation),
         ("draft_model", draft),
+        # torch backend (the Neuron runners ignore these two)
+        ("torch_compile", settings.engine.torch_compile),
+        ("torch_compile_cache_dir", settings.engine.torch_compile_cache_dir),
     )
 
 

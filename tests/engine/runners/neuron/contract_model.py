@@ -27,7 +27,7 @@ class ContractViolation(AssertionError):
 
 
 def recorded(qualname: str):
-    """Decorator: append (qualname, args without self, kwargs) to CALLS on every call."""
+    """Decorator: append (qualname, args including self/cls, kwargs) to CALLS on every call."""
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
