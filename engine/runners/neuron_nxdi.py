@@ -61,7 +61,8 @@ from engine.runners.neuron_common import (
 from engine.runners.registry import Backend, RunnerSpec, register_backend
 
 BACKEND = "neuron-nxdi"
-WHERE = "the AWS Neuron NxD Inference containers (pytorch-inference-neuronx, SDK 2.21 or later)"
+WHERE = ("the AWS Neuron NxD Inference containers (pytorch-inference-neuronx; checked against NxD Inference 0.8 of "
+         "SDK 2.28, the last release for trn1/inf2, and 0.9)")
 _TORCH_DTYPES = {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float16": torch.float16,
                  "float32": torch.float32}
 
