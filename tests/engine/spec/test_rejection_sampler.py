@@ -418,3 +418,77 @@ def test_negative_control_ratio_swapped_at_one_position_is_detected(monkeypatch,
             assert joint_pvalue(out, j, null) < P_MIN, (seed, j)
             # the emitted token's marginal at j is off too: the control breaks the output, not only the bookkeeping
             assert chi2_pvalue([o[j] for o in out if len(o) > j], target[j]) < P_MIN, (seed, j)
+
+
+# --- negative control: penalties that ignore the earlier drafts -----------------------------------------------------
+
+PENALIZED = SamplingParams(frequency_penalty=2.0, presence_penalty=1.0, temperature=0.8)
+
+
+def penalized_pairs(n: int) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """n sequences (history [3]) verifying one one-hot draft each (draft i % V) through `select_tokens`, with the same
+    raw logits at both rows: only the penalty tells row 1 from row 0. Returns (emitted tokens, first-token target
+    distribution `[V]`, second-token target distribution given each first token `[V, V]`)."""
+    from engine.select import select_tokens
+    from engine.sequence import Sequence
+
+    torch.manual_seed(4)
+    raw = torch.randn(V, generator=torch.Generator().manual_seed(4)) * 1.5
+    seqs = [Sequence(f"r{i}-0", f"r{i}", 0, [1, 2], PENALIZED, 100, frozenset(), output_ids=[3]) for i in range(n)]
+    out = select_tokens(raw.expand(2 * n, V).contiguous(), seqs, [[i % V] for i in range(n)], None)
+
+    def ctx(hist):
+        return RowContext(params=PENALIZED, prompt_ids=[1, 2], output_ids=hist, stop_token_ids=[])
+
+    first = probs_from_processed(process_logits(raw[None], [ctx([3])]))[0]
+    cond = probs_from_processed(process_logits(raw.expand(V, V), [ctx([3, a]) for a in range(V)]))
+    return [s.token_ids for s in out], first, cond
+
+
+def second_token_pvalue(out: list[list[int]], cond: torch.Tensor) -> float:
+    """Chi-square of the bonus token given the accepted draft against cond[draft], pooled over drafts: per draft, the
+    cells expecting >= 5 counts, the rest merged into one; df = cells - drafts (each draft's total is given)."""
+    obs = np.zeros((V, V))
+    for o in out:
+        if len(o) == 2:
+            obs[o[0], o[1]] += 1
+    c = cond.double().numpy()
+    c = c / c.sum(1, keepdims=True)
+    stat, cells, rows = 0.0, 0, 0
+    for a in range(V):
+        n = obs[a].sum()
+        if n == 0:
+            continue
+        exp = n * c[a]
+        if obs[a][exp == 0].sum() > 0:
+            return 0.0
+        big = exp >= 5
+        o_cells = list(obs[a][big]) + ([obs[a][~big].sum()] if (~big).any() else [])
+        e_cells = list(exp[big]) + ([exp[~big].sum()] if (~big).any() else [])
+        stat += sum((oo - ee) ** 2 / ee for oo, ee in zip(o_cells, e_cells, strict=True) if ee > 0)
+        cells += sum(1 for ee in e_cells if ee > 0)
+        rows += 1
+    return float(chi2.sf(stat, cells - rows))
+
+
+def test_penalized_verify_rows_see_the_earlier_drafts():
+    out, _, cond = penalized_pairs(20_000)
+    assert second_token_pvalue(out, cond) > P_MIN
+
+
+def test_negative_control_penalty_on_the_pre_draft_history_is_detected(monkeypatch):
+    """Every verify row given the history before the drafts (row j not seeing drafts[:j]): the bonus token after an
+    accepted draft then ignores that draft's penalty."""
+    import engine.select as select
+
+    n = 20_000
+    monkeypatch.setattr(select, "row_contexts", lambda seq, drafts: [
+        RowContext(seq.params, seq.prompt_ids, seq.output_ids, seq.stop_token_ids) for _ in range(len(drafts) + 1)])
+    out, first, cond = penalized_pairs(n)
+    # Power: draft a is accepted w.p. first[a] by n / V sequences; the broken bonus follows `first`, not cond[a].
+    f, c = first.double().numpy(), cond.double().numpy()
+    f, c = f / f.sum(), c / c.sum(1, keepdims=True)
+    lam = sum(n / V * f[a] * float(((f - c[a]) ** 2 / c[a]).sum()) for a in range(V))
+    df = V * (V - 1)  # at most: merged cells only lower it (and raise the power)
+    assert ncx2.sf(chi2.isf(P_MIN, df), df, lam) >= POWER
+    assert second_token_pvalue(out, cond) < P_MIN
