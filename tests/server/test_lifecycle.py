@@ -17,6 +17,7 @@ from tests.server.conftest import API_KEY, MODEL
 from tests.server.server_proc import REPO, ServerProcess
 
 LONG = {"ignore_eos": True}
+HOLD = 60000  # tokens a queue-test holder may stream: far longer than a burst takes
 
 
 def _stream_lines(resp: httpx.Response):
@@ -89,41 +90,52 @@ def small_server(tiny_pair):
 @pytest.fixture(scope="module")
 def queue_server(tiny_pair):
     """One slot, one queue place and no short deadline: an admitted request cut at a deadline would free its place,
-    and on a loaded machine a late request of the burst got in (seen in CI: 3 x 200 instead of 2)."""
+    and on a loaded machine a late request of the burst got in (seen in CI: 3 x 200 instead of 2). A long context, so
+    a holder streaming HOLD tokens lasts seconds, not the ~1 s the tiny model needs for 4000 (the old race)."""
     target, _ = tiny_pair
     proc = ServerProcess("--model", target, "--speculative-method", "none", "--served-model-name", MODEL,
                          "--dtype", "float32", "--max-num-seqs", "1", "--max-queue", "1",
-                         "--max-model-len", "4096").start()
+                         "--max-model-len", str(HOLD + 64)).start()
     yield proc
     proc.stop()
 
 
 def test_queue_full_429(queue_server):
-    body = {"model": MODEL, "prompt": "def add", "max_tokens": 4000, "stream": True, **LONG}
+    """Deterministic: the burst is sent only once one request holds the slot and one the queue place, and both are
+    checked still unfinished after it, so every burst request met a full server whatever the machine's speed."""
+    body = {"model": MODEL, "prompt": "def add", "max_tokens": HOLD, "stream": True, **LONG}
+    url = queue_server.v1 + "/completions"
     results: list[tuple[int, dict[str, str], str]] = []
     lock = threading.Lock()
-    start, answered = threading.Barrier(5), threading.Barrier(5)
+    start = threading.Barrier(3)
 
     def one():
         start.wait()
-        with httpx.stream("POST", queue_server.v1 + "/completions", json=body, timeout=60) as r:
-            first = next(_stream_lines(r), "") if r.status_code == 200 else r.read().decode()
-            with lock:
-                results.append((r.status_code, dict(r.headers), first))
-            answered.wait(30)  # hold admitted streams open: closing one would free its place for a late request
+        r = httpx.post(url, json=body, timeout=60)  # 429 comes before any token; a 200 would stream HOLD tokens
+        with lock:
+            results.append((r.status_code, dict(r.headers), r.text))
 
-    threads = [threading.Thread(target=one) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    statuses = sorted(s for s, _, _ in results)
-    assert statuses == [200, 200, 429, 429, 429], results  # 1 slot + 1 queue place
-    for status, headers, text in results:
-        if status == 429:
-            assert headers["retry-after"] == "1"
-            err = json.loads(text)["error"]
-            assert err["code"] == "queue_full" and err["type"] == "rate_limit_error"
+    with httpx.stream("POST", url, json=body, timeout=60) as running:
+        assert running.status_code == 200
+        lines = _stream_lines(running)  # kept referenced: a collected line iterator closes the response (a 499)
+        assert next(lines).startswith("data: {")  # first token out: it owns the slot
+        with httpx.stream("POST", url, json=body, timeout=60) as queued:
+            assert queued.status_code == 200  # headers are sent after admission: it owns the queue place
+            threads = [threading.Thread(target=one) for _ in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            held = {running.headers["x-request-id"], queued.headers["x-request-id"]}
+            # Requests log when they end: neither holder ended, so both places were taken for the whole burst.
+            ended = [x for x in queue_server.request_logs() if x["id"] in held]
+            assert not ended, json.dumps(ended)
+            assert queue_server.health()[1]["running"] == 1
+    assert sorted(s for s, _, _ in results) == [429, 429, 429], results  # 1 slot + 1 queue place, both held
+    for _, headers, text in results:
+        assert headers["retry-after"] == "1"
+        err = json.loads(text)["error"]
+        assert err["code"] == "queue_full" and err["type"] == "rate_limit_error"
     queue_server.wait_idle(timeout=10)
 
 
@@ -236,7 +248,10 @@ def test_cross_field_config_error_exits_2(tmp_path):
 
 
 def test_model_load_failure_exits_1(tmp_path):
-    proc = ServerProcess("--model", tmp_path / "missing-model", "--speculative-method", "none")
+    # A config.json without weights: passes the pre-bind path checks (a missing path now exits 2 before binding,
+    # tests/server/test_startup_errors.py), then fails while loading.
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    proc = ServerProcess("--model", tmp_path, "--speculative-method", "none")
     proc.start(wait_ready=False)
     assert proc.proc.wait(120) == 1
     status_line = [x for x in proc.lines if "model loading failed" in x]
