@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from engine.models.hf_compat import dtype_kwarg  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
 from server.bench.report import machine_info  # noqa: E402
 from server.bench.synthetic import build_random_llama, engine_for, run_to_idle  # noqa: E402
@@ -85,7 +86,7 @@ def main() -> int:
             engine = engine_for(model_dir, dtype=dtype, max_num_seqs=max(batches), max_model_len=256,
                                 max_num_batched_tokens=2048,
                                 **({"num_threads": args.threads} if args.threads else {}))
-            hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).eval()
+            hf = AutoModelForCausalLM.from_pretrained(str(model_dir), **dtype_kwarg(getattr(torch, dtype))).eval()
             ps = {b: prompts(b, b, args.vocab) for b in set(batches) | set(hf_batches)}
             engine_time(engine, ps[1], 4)  # warm-up
             hf_time(hf, ps[1], 4)

@@ -160,8 +160,10 @@ def hf_assisted(target: Path, draft: Path, prompts: list[list[int]], args) -> di
         from engine.runners.torch_runner import resolve_dtype
 
         dtype = resolve_dtype("auto", "cpu")
-    m = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype).eval()
-    a = AutoModelForCausalLM.from_pretrained(str(draft), dtype=dtype).eval()
+    from engine.models.hf_compat import dtype_kwarg  # `dtype=` only from transformers 4.56
+
+    m = AutoModelForCausalLM.from_pretrained(str(target), **dtype_kwarg(dtype)).eval()
+    a = AutoModelForCausalLM.from_pretrained(str(draft), **dtype_kwarg(dtype)).eval()
     n = args.max_tokens
 
     def timed(**kw) -> float:

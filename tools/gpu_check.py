@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.models.hf_compat import dtype_kwarg  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
 from tests.helpers.engines import make_engine, run_all, tokens_of  # noqa: E402
 from tests.helpers.tiny_models import build_tokenizer  # noqa: E402
@@ -60,7 +61,7 @@ def engine_tps(path: Path, batch: int, new_tokens: int, **kw) -> float:
 def hf_tps(path: Path, batch: int, new_tokens: int) -> float:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(str(path), **dtype_kwarg(torch.bfloat16)).cuda().eval()
     ids = torch.arange(10, 26, device="cuda").repeat(batch, 1)
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=2)
     model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=2)

@@ -156,8 +156,10 @@ def hf_assisted(target: str, draft: str | None, items: list[dict[str, Any]], arg
     if args.threads:
         torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(target)
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
-    assistant = AutoModelForCausalLM.from_pretrained(draft, dtype=dtype).eval() if draft else None
+    from engine.models.hf_compat import dtype_kwarg  # `dtype=` only from transformers 4.56
+
+    model = AutoModelForCausalLM.from_pretrained(target, **dtype_kwarg(dtype)).eval()
+    assistant = AutoModelForCausalLM.from_pretrained(draft, **dtype_kwarg(dtype)).eval() if draft else None
     prompts = []
     for it in items[:args.hf_assisted]:
         if "messages" in it:

@@ -38,7 +38,9 @@ def tokenizer():
 def hf_models():
     from transformers import AutoModelForCausalLM
 
-    return {name: AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
+    from engine.models.hf_compat import dtype_kwarg
+
+    return {name: AutoModelForCausalLM.from_pretrained(str(d), **dtype_kwarg(torch.float32)).eval()
             for name, d in _model_dirs().items()}
 
 
