@@ -43,6 +43,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.models.hf_compat import make_config_portable  # noqa: E402
+
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 BOS, EOS, PAD, SYSTEM, USER, ASSISTANT, END = range(len(SPECIAL_TOKENS))
 CHAT_TEMPLATE = (
@@ -597,6 +600,7 @@ def main(argv=None) -> int:
             shutil.rmtree(d)
         d.mkdir(parents=True)
         model.to(torch.bfloat16).save_pretrained(str(d), safe_serialization=True)
+        make_config_portable(d)  # rope_theta + torch_dtype beside rope_parameters + dtype: readable by 4.x too
         gen_cfg.save_pretrained(str(d))
         for f in TOKENIZER_FILES:
             if (tok_dir / f).exists():

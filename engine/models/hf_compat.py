@@ -13,6 +13,9 @@ Two things move between those versions and both are used on user paths:
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,32 +47,43 @@ def portable_config_dict(cfg: dict[str, Any]) -> dict[str, Any]:
     """A copy of an HF `config.json` dict carrying both the 4.x and the 5.x spellings of rope and dtype settings.
 
     `rope_parameters` (5.x) is `{"rope_type": "default" | "llama3" | ..., "rope_theta": float, ...scaling keys}`;
-    4.x keeps `rope_theta` at the top level and the scaling keys (with `rope_type`, or the older `type`) in
-    `rope_scaling`, which is `None` for plain rope.
+    4.x keeps `rope_theta` at the top level and the scaling keys (with `rope_type`; `type` before 4.45) in
+    `rope_scaling`, which is `None` for plain rope. When the input has `rope_parameters` they win (that is what 5.x
+    computes with); otherwise they are built from `rope_theta` / `rope_scaling` (default theta 10000, as 4.x).
     """
     out = dict(cfg)
     params = out.get("rope_parameters")
-    if isinstance(params, dict):
+    if isinstance(params, dict) and params:
         params = dict(params)
         if "rope_theta" in params:
-            out.setdefault("rope_theta", params["rope_theta"])
+            out["rope_theta"] = params["rope_theta"]
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
-        if scaling.get("rope_type", "default") != "default":
-            scaling.setdefault("type", scaling["rope_type"])  # transformers < 4.45 reads `type`
-            out.setdefault("rope_scaling", scaling)
-        else:
-            out.setdefault("rope_scaling", None)
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        scaling = {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": rope_type}  # 4.45+ reads rope_type
+        out["rope_scaling"] = None if rope_type == "default" else scaling
     else:
         theta = out.get("rope_theta", 10000.0)
         scaling = out.get("rope_scaling")
         params = {"rope_type": "default", "rope_theta": theta}
         if isinstance(scaling, dict):
-            params.update({k: v for k, v in scaling.items() if k != "type"})
-            params.setdefault("rope_type", scaling.get("type", "default"))
+            params |= {k: v for k, v in scaling.items() if k != "type"}
+            params["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
         out["rope_parameters"] = params
-        out.setdefault("rope_theta", theta)
+        out["rope_theta"] = theta
+        out.setdefault("rope_scaling", None)
     dtype = _dtype_name(out.get("dtype") or out.get("torch_dtype"))
     if dtype is not None:
         out["dtype"] = dtype
         out["torch_dtype"] = dtype
     return out
+
+
+def make_config_portable(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Rewrite `model_dir/config.json` (as `save_pretrained` of any version wrote it) with both spellings; return it.
+
+    Keys sorted and 2-space indented, like `save_pretrained`, so a rewrite of an already portable file is a no-op.
+    """
+    path = Path(model_dir) / "config.json"
+    cfg = portable_config_dict(json.loads(path.read_text()))
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return cfg
