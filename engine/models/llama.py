@@ -98,11 +98,9 @@ class Attention(nn.Module):
         q, k = qk[:, :, :H], qk[:, :, H:]  # (B, S, H, D), (B, S, KVH, D)
 
         # Write this chunk's K/V first, so the reads below see the chunk's own earlier tokens.
+        cache.write(self.layer_idx, inp.slot_ids, inp.positions, k, v)
         k_layer, v_layer = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (slots, KVH, T, D)
-        row_slot = inp.slot_ids[:, None]  # (B, 1) broadcast against positions (B, S)
-        k_layer[row_slot, :, inp.positions] = k  # indexed view is (B, S, KVH, D)
-        v_layer[row_slot, :, inp.positions] = v
-        L = inp.ctx_len  # noqa: N806
+        L = inp.ctx_len if inp.attn_mask is None else inp.attn_mask.shape[-1]  # noqa: N806  (symbolic when compiled)
         if inp.slot_range is not None:  # contiguous slots: a view, no copy
             first, n = inp.slot_range
             keys, values = k_layer[first:first + n, :, :L], v_layer[first:first + n, :, :L]  # (B, KVH, L, D)

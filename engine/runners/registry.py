@@ -69,8 +69,11 @@ def resolve_backend(name: str) -> Backend:
 def _build_torch(path: str, spec: RunnerSpec) -> Runner:
     from engine.runners.torch_runner import TorchRunner
 
+    extra = dict(spec.extra)
     return TorchRunner.from_pretrained(path, max_slots=spec.max_slots, max_model_len=spec.max_model_len,
-                                       dtype=spec.dtype, device=spec.device)
+                                       dtype=spec.dtype, device=spec.device,
+                                       compile=bool(extra.get("torch_compile", False)),
+                                       compile_cache_dir=extra.get("torch_compile_cache_dir"))
 
 
 register_backend(Backend("torch", _build_torch, lambda: None))

@@ -21,6 +21,7 @@ from itertools import chain
 
 import torch
 
+from engine.models.compiled import CompiledStep, set_cache_dir, share_weights_copy
 from engine.models.config import ModelConfig
 from engine.models.cpu_linear import pack_cpu_bf16_linears
 from engine.models.kv_cache import KVCache
@@ -68,9 +69,14 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
 class TorchRunner:
     """Runner protocol over `LlamaForCausalLM` and a static slot KV cache."""
 
-    def __init__(self, model: LlamaForCausalLM, *, max_slots: int, max_model_len: int, pack_weights: bool = True):
+    def __init__(self, model: LlamaForCausalLM, *, max_slots: int, max_model_len: int, pack_weights: bool = True,
+                 compile: bool = False, compile_cache_dir: str | None = None):
         """`pack_weights`: on CPU in bf16, re-lay linear weights out for oneDNN once (see cpu_linear.py); the model
-        is then inference-only and its linear layers no longer expose `.weight`."""
+        is then inference-only and its linear layers no longer expose `.weight`.
+
+        `compile`: decode/verify rows (up to 8 tokens each) run through `engine/models/compiled.py`, graphs built in
+        `warmup` for decode and on first use for each verify length, kept in `compile_cache_dir` across restarts;
+        prefill and anything the graphs do not cover stay eager."""
         cfg: ModelConfig = model.config
         if max_slots < 1 or max_model_len < 2:
             raise ValueError(f"need max_slots >= 1 and max_model_len >= 2, got {max_slots}, {max_model_len}")
@@ -81,18 +87,26 @@ class TorchRunner:
         self.cfg = cfg
         self.max_slots, self.max_model_len = max_slots, max_model_len
         model.keep_residual_fp32()  # bf16/fp16 weights, fp32 residual stream and norms (near-ties, DESIGN.md)
+        self.cache = KVCache.allocate(cfg, max_slots, max_model_len, dtype=self.dtype, device=self.device)
+        self._scratch = self.cache.scratch_pos
+        self.compiled: CompiledStep | None = None
+        if compile:
+            set_cache_dir(compile_cache_dir)
+            # A twin sharing every weight tensor, with plain nn.Linear layers for inductor (its freezing packs them
+            # itself); the eager model below gets oneDNN-packed layers for prefill and uncovered shapes.
+            self.compiled = CompiledStep(share_weights_copy(model), self.cache, max_slots=max_slots)
         self.packed_linears = 0
         if pack_weights and self.device.type == "cpu" and self.dtype == torch.bfloat16:
             self.packed_linears = pack_cpu_bf16_linears(model)
-        self.cache = KVCache.allocate(cfg, max_slots, max_model_len, dtype=self.dtype, device=self.device)
-        self._scratch = self.cache.scratch_pos
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, max_slots: int, max_model_len: int,
-                        dtype: str | torch.dtype = "auto", device: str | torch.device = "auto") -> TorchRunner:
+                        dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
+                        compile: bool = False, compile_cache_dir: str | None = None) -> TorchRunner:
         dev = resolve_device(device)
         model = load_model(path_or_id, dtype=resolve_dtype(dtype, dev), device=dev)
-        return cls(model, max_slots=max_slots, max_model_len=max_model_len)
+        return cls(model, max_slots=max_slots, max_model_len=max_model_len, compile=compile,
+                   compile_cache_dir=compile_cache_dir)
 
     def info(self) -> RunnerInfo:
         return RunnerInfo(
@@ -106,6 +120,12 @@ class TorchRunner:
         n = min(16, self.max_model_len - 1)
         self.execute(ForwardBatch(slot_ids=[0], token_ids=[[0] * n], start_pos=[0], num_logits=[1]))
         self.execute(ForwardBatch(slot_ids=[0], token_ids=[[0]], start_pos=[n], num_logits=[1]))
+        if self.compiled is not None:  # the decode graphs, one per batch bucket (CPU: two, see compiled.py)
+            for b in self.compiled.buckets:
+                rows = list(range(b))
+                for s in rows[1:]:
+                    self.execute(ForwardBatch(slot_ids=[s], token_ids=[[0] * n], start_pos=[0], num_logits=[0]))
+                self.execute(ForwardBatch(slot_ids=rows, token_ids=[[0]] * b, start_pos=[n] * b, num_logits=[1] * b))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -118,6 +138,10 @@ class TorchRunner:
             inp = self._pack(batch)
             if inp is None:  # no rows
                 return torch.empty(0, self.cfg.vocab_size, dtype=torch.float32, device=self.device)
+            if self.compiled is not None:
+                logits = self.compiled(inp)  # None: a shape the graphs do not cover, or compiling failed
+                if logits is not None:
+                    return logits.float()
             return self.model(inp, self.cache).float()
 
     def _pack(self, batch: ForwardBatch) -> StepInputs | None:
