@@ -23,17 +23,20 @@ import torch
 _DTYPE_KEYWORD_SINCE = (4, 56)
 
 
-def transformers_version() -> tuple[int, int]:
-    """(major, minor) of the installed transformers."""
-    import transformers
+def transformers_version(version: str | None = None) -> tuple[int, int]:
+    """(major, minor) of `version` ("4.56.0.dev0" -> (4, 56)), by default of the installed transformers."""
+    if version is None:
+        import transformers
 
-    major, minor = transformers.__version__.split(".")[:2]
+        version = transformers.__version__
+    major, minor = version.split(".")[:2]
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-def dtype_kwarg(dtype: torch.dtype | str) -> dict[str, Any]:
-    """`{"dtype": dtype}` on transformers >= 4.56, `{"torch_dtype": dtype}` before; for `from_pretrained`."""
-    key = "dtype" if transformers_version() >= _DTYPE_KEYWORD_SINCE else "torch_dtype"
+def dtype_kwarg(dtype: torch.dtype | str, *, version: str | None = None) -> dict[str, Any]:
+    """`{"dtype": dtype}` on transformers >= 4.56, `{"torch_dtype": dtype}` before; for `from_pretrained`.
+    `version` overrides the installed transformers' version (tests)."""
+    key = "dtype" if transformers_version(version) >= _DTYPE_KEYWORD_SINCE else "torch_dtype"
     return {key: dtype}
 
 

@@ -21,10 +21,14 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
     ("4.47.1", "torch_dtype"), ("4.48.3", "torch_dtype"), ("4.51.3", "torch_dtype"), ("4.55.4", "torch_dtype"),
     ("4.56.0", "dtype"), ("4.57.6", "dtype"), ("5.0.0rc1", "dtype"), ("5.24.0", "dtype"), ("4.56.0.dev0", "dtype"),
 ])
-def test_dtype_keyword_by_version(monkeypatch, version, key):
-    monkeypatch.setattr(transformers, "__version__", version)
-    assert hf_compat.transformers_version() >= (4, 0)
-    assert dtype_kwarg(torch.bfloat16) == {key: torch.bfloat16}
+def test_dtype_keyword_by_version(version, key):
+    assert dtype_kwarg(torch.bfloat16, version=version) == {key: torch.bfloat16}
+
+
+def test_version_parsing():
+    assert hf_compat.transformers_version("4.56.0.dev0") == (4, 56)
+    assert hf_compat.transformers_version("5.0.0rc1") == (5, 0)
+    assert hf_compat.transformers_version() == hf_compat.transformers_version(transformers.__version__)
 
 
 def test_dtype_keyword_is_understood_by_the_installed_transformers(tmp_path):
