@@ -26,8 +26,10 @@ class GrammarState:
         self._m = matcher  # llguidance.LLMatcher
         self.vocab_size = vocab_size
         self._tentative: list[int] = []  # draft tokens consumed on top of the committed ones
-        self._words = (vocab_size + 31) // 32
         self.num_committed = 0
+        # Masks by draft prefix since the last commit: the draft proposer's mask for draft j is the verify step's
+        # mask for row j, so each is computed once per step.
+        self._masks: dict[tuple[int, ...], torch.Tensor | None] = {}
 
     # -- queries ---------------------------------------------------------------------------------------------------
 
@@ -38,11 +40,17 @@ class GrammarState:
         row follows a draft the target rejects for sure, since the target gives that draft zero mass) or nothing at
         all is allowed (an empty row would turn into NaN probabilities).
         """
-        if not self._sync(drafts):
-            return None
-        packed = torch.frombuffer(bytearray(self._m.compute_bitmask()), dtype=torch.int32)  # (W,)
-        allowed = unpack_bitmask(packed.view(1, -1), self.vocab_size)[0]
-        return allowed if bool(allowed.any()) else None
+        key = tuple(drafts)
+        if key in self._masks:
+            return self._masks[key]
+        allowed = None
+        if self._sync(drafts):
+            packed = torch.frombuffer(bytearray(self._m.compute_bitmask()), dtype=torch.int32)  # (W,)
+            allowed = unpack_bitmask(packed.view(1, -1), self.vocab_size)[0]  # (V,) bool
+            if not bool(allowed.any()):
+                allowed = None
+        self._masks[key] = allowed
+        return allowed
 
     def masks_for(self, drafts: list[int]) -> list[torch.Tensor | None]:
         """The k+1 allowed-token rows of a verify block: row j after drafts[:j]."""
@@ -76,6 +84,7 @@ class GrammarState:
 
     def commit(self, tokens: list[int]) -> None:
         """Roll back every tentative draft, then advance over the emitted `tokens`."""
+        self._masks.clear()
         self._sync([])
         if self._m.is_stopped():
             return  # tokens past the grammar's end (e.g. ignore_eos); nothing left to constrain
