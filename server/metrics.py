@@ -320,8 +320,6 @@ class EngineCollector(Collector):
                            "a required or named tool call).", m, s.constrained_requests)
             yield _counter("grammar_compiles", "Grammars compiled (cache misses: once per distinct schema).", m,
                            s.compiled)
-            yield _counter("grammar_cache_hits", "Constrained requests whose grammar was already compiled.", m,
-                           s.cache_hits)
             yield _counter("grammar_compile_seconds", "Seconds spent compiling grammars.", m, s.compile_seconds)
             yield _counter("spec_decode_forced_tokens", "Accepted draft tokens that the grammar forced (proposed "
                            "at no model cost).", m, s.forced_tokens)

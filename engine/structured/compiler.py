@@ -36,8 +36,7 @@ class StructuredStats:
     """Counters the metrics endpoint reads (engine thread writes; plain ints, read without a lock)."""
 
     constrained_requests: int = 0  # requests that carried a grammar
-    compiled: int = 0  # grammars compiled (cache misses)
-    cache_hits: int = 0
+    compiled: int = 0  # grammars compiled (cache misses); constrained_requests - compiled were served from the cache
     compile_seconds: float = 0.0  # total
     forced_tokens: int = 0  # tokens proposed as free drafts because the grammar forced them
 
@@ -85,7 +84,6 @@ class GrammarCompiler:
             hit = self._cache.get(spec.key)
             if hit is not None:
                 self._cache.move_to_end(spec.key)
-                self.stats.cache_hits += 1
                 return hit
             t0 = time.perf_counter()
             grammar = self._build(spec, lltok)
