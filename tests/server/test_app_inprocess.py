@@ -100,7 +100,8 @@ def test_usage_sums_choices_and_prompts():
             body = r.json()
             assert [ch["text"] for ch in body["choices"]] == ["xyz"] * 4
             assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17,
-                                     "speculation": {"draft_tokens": 16, "accepted_tokens": 12, "target_passes": 8}}
+                                     "speculation": {"draft_tokens": 16, "accepted_tokens": 12, "target_passes": 8,
+                                                     "forced_tokens": 0}}
 
     run(go())
 
