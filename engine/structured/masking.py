@@ -29,15 +29,20 @@ def apply_allowed(logits: torch.Tensor, row_idx: list[int], allowed: torch.Tenso
     """Set disallowed tokens of `logits[row_idx]` to -inf, in place. `allowed` `[len(row_idx), V]` bool.
 
     A row the other processors already emptied of every allowed token (e.g. min_tokens masking the only token the
-    grammar allows, or a logit_bias of -100 on it) keeps the grammar's choice: uniform over the allowed tokens. The rule
-    is a function of the row alone, so draft and target rows get the same distribution and speculation stays lossless.
+    grammar allows) keeps the grammar's choice: uniform over the allowed tokens. The rule is a function of the row
+    alone, so draft and target rows get the same distribution and speculation stays lossless.
+    Two passes over the rows (fill, max); a batch where every row is constrained is filled in place, no gather.
     """
     if not row_idx:
         return
-    index = torch.tensor(row_idx, device=logits.device)
     allowed = allowed.to(logits.device)
-    sub = logits[index].masked_fill(~allowed, -math.inf)  # (R, V)
-    empty = torch.isneginf(sub).all(dim=-1) & allowed.any(dim=-1)  # (R,)
+    whole = len(row_idx) == logits.shape[0] and row_idx == list(range(len(row_idx)))
+    index = None if whole else torch.tensor(row_idx, device=logits.device)
+    sub = logits if whole else logits[index]  # (R, V)
+    sub.masked_fill_(allowed.logical_not(), -math.inf)
+    empty = torch.isneginf(sub.amax(dim=-1))  # (R,)
     if bool(empty.any()):
-        sub[empty] = torch.where(allowed[empty], 0.0, -math.inf)
-    logits[index] = sub
+        rows = empty & allowed.any(dim=-1)
+        sub[rows] = torch.where(allowed[rows], 0.0, -math.inf)
+    if not whole:
+        logits[index] = sub
