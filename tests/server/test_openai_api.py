@@ -34,7 +34,7 @@ def test_chat_basic(client):
     u = r.usage
     assert u.prompt_tokens > 0 and 0 < u.completion_tokens <= 12
     assert u.total_tokens == u.prompt_tokens + u.completion_tokens
-    assert set(u.model_extra["speculation"]) == {"draft_tokens", "accepted_tokens", "target_passes"}
+    assert set(u.model_extra["speculation"]) == {"draft_tokens", "accepted_tokens", "target_passes", "forced_tokens"}
 
 
 def test_chat_content_parts_and_max_completion_tokens(client):
