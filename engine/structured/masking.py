@@ -1,24 +1,30 @@
 """llguidance's packed token bitmask -> boolean rows, and applying them to logits.
 
 A bitmask row is `[ceil(V / 32)]` int32: bit b of word w allows token 32 * w + b. llguidance's own torch helper
-compiles its kernel with `torch.compile`, which on CPU means an inductor C++ build at first use; unpacking with plain
-tensor ops costs a few microseconds per row instead and works on every backend.
+compiles its kernel with `torch.compile`, which on CPU means an inductor C++ build at first use; unpacking on the host
+with numpy costs microseconds per row instead, and the boolean rows move to the logits' device.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
+import numpy as np
 import torch
 
-_BITS = torch.arange(32, dtype=torch.int32)  # (32,)
-
+assert sys.byteorder == "little", "unpack_bitmask reads the int32 words' bytes in little-endian order"
 
 def unpack_bitmask(packed: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """`[N, W]` int32 -> `[N, vocab_size]` bool (True = allowed); tokens past 32 * W are disallowed."""
+    """`[N, W]` int32 -> `[N, vocab_size]` bool (True = allowed); tokens past 32 * W are disallowed.
+
+    numpy's unpackbits over the little-endian bytes of the words: bit b of word w is byte 4w + b // 8, bit b % 8
+    (x86 and ARM are little-endian), about 10x faster than shifting int32 tensors.
+    """
     n, w = packed.shape
-    bits = (packed.unsqueeze(-1) >> _BITS) & 1  # (N, W, 32)
-    allowed = bits.reshape(n, w * 32).bool()  # (N, 32 W)
+    raw = packed.contiguous().cpu().numpy().view(np.uint8)  # (N, 4 W)
+    bits = np.unpackbits(raw, axis=-1, bitorder="little")  # (N, 32 W) uint8 0/1
+    allowed = torch.from_numpy(bits).view(torch.bool)
     if w * 32 >= vocab_size:
         return allowed[:, :vocab_size]
     pad = torch.zeros(n, vocab_size - w * 32, dtype=torch.bool)
