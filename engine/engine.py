@@ -59,7 +59,8 @@ class LLMEngine:
         self.limits = limits
         self.vocab_size = info.vocab_size
         self.eos_token_ids = frozenset(eos_token_ids)
-        self.structured = StructuredSupport(tokenizer, info.vocab_size, eos_token_ids)  # grammars (structured output)
+        # grammars (structured output)
+        self.structured = StructuredSupport(tokenizer, info.vocab_size, eos_token_ids, info.allowed_k)
         self.proposer = self.structured.wrap_proposer(proposer)
         self.policy = policy
         self.scheduler = Scheduler(limits.max_num_seqs, limits.max_queue, limits.max_num_batched_tokens)
@@ -194,7 +195,8 @@ class LLMEngine:
 
     def _choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
         # The policy prices the whole step: these rows and the prompt tokens that will be prefilled beside them.
-        return self.policy.choose_k(seqs, budget, min(self.scheduler.pending_prefill(), budget))
+        ks = self.policy.choose_k(seqs, budget, min(self.scheduler.pending_prefill(), budget))
+        return self.structured.forced_k(seqs, ks)  # grammar-forced tokens are drafted whatever K the policy chose
 
     def _propose(self, rows: list[ScheduledRow]) -> dict[Sequence, torch.Tensor | None]:
         for r in rows:

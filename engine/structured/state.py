@@ -30,6 +30,7 @@ class GrammarState:
         # Masks by draft prefix since the last commit: the draft proposer's mask for draft j is the verify step's
         # mask for row j, so each is computed once per step.
         self._masks: dict[tuple[int, ...], torch.Tensor | None] = {}
+        self._forced: list[int] | None = None  # forced continuation of the committed tokens, until the next commit
 
     # -- queries ---------------------------------------------------------------------------------------------------
 
@@ -65,10 +66,10 @@ class GrammarState:
         """Up to `limit` tokens the grammar forces next (a unique continuation, e.g. `{"name": "`)."""
         if limit <= 0:
             return []
-        self._sync([])
-        if self._m.is_stopped():
-            return []
-        return list(self._m.compute_ff_tokens())[:limit]
+        if self._forced is None:
+            self._sync([])
+            self._forced = [] if self._m.is_stopped() else list(self._m.compute_ff_tokens())
+        return self._forced[:limit]
 
     @property
     def is_finished(self) -> bool:
@@ -85,6 +86,7 @@ class GrammarState:
     def commit(self, tokens: list[int]) -> None:
         """Roll back every tentative draft, then advance over the emitted `tokens`."""
         self._masks.clear()
+        self._forced = None
         self._sync([])
         if self._m.is_stopped():
             return  # tokens past the grammar's end (e.g. ignore_eos); nothing left to constrain

@@ -13,10 +13,15 @@ from engine.structured.state import GrammarError
 
 log = logging.getLogger("specserve.structured")
 
+FORCED_K_MAX = 8
+
 
 class StructuredSupport:
-    def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Seq[int] = ()):
+    def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Seq[int] = (),
+                 allowed_k: Seq[int] | None = None):
         self.vocab_size = vocab_size
+        # The longest forced run proposed in one step; a runner with compiled draft lengths caps it at its largest.
+        self.forced_k_max = min(FORCED_K_MAX, max(allowed_k)) if allowed_k else FORCED_K_MAX
         self.compiler = GrammarCompiler(tokenizer, vocab_size, sorted(eos_token_ids))
         if _is_fast_tokenizer(tokenizer):  # test doubles and slow tokenizers: built (or refused) on first use
             self.compiler.warm()
@@ -28,6 +33,16 @@ class StructuredSupport:
     def wrap_proposer(self, proposer):
         """Every proposer drafts through the grammar (forced tokens, invalid drafts cut); None stays None."""
         return None if proposer is None else StructuredProposer(proposer, self.vocab_size)
+
+    def forced_k(self, seqs: list[Sequence], ks: list[int]) -> list[int]:
+        """Raise each constrained sequence's K to cover the tokens its grammar forces next (at most FORCED_K_MAX, or
+        the runner's largest allowed K), even where the policy chose less: forced drafts cost no draft-model run and
+        are accepted, so they pay at any load. The scheduler still clamps K to the token budget and the slot."""
+        out = list(ks)
+        for i, seq in enumerate(seqs):
+            if seq.grammar is not None and seq.params.speculative:
+                out[i] = max(out[i], len(seq.grammar.forced_tokens(self.forced_k_max)))
+        return out
 
     def check(self, params: SamplingParams) -> None:
         """Compile (and cache) the request's grammar now, so a schema it cannot enforce is a 400 before enqueueing."""

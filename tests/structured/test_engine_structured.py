@@ -115,3 +115,15 @@ def test_sampled_distribution_under_grammar_matches_without_speculation(tiny_pai
     assert table.shape[1] >= 2, "the grammar left the model no choice: the test would prove nothing"
     _, p, _, _ = chi2_contingency(table)
     assert p > 1e-3, f"constrained speculative sampling differs (p={p:.2e})"
+
+
+def test_forced_runs_are_drafted_beyond_the_policy_k(tiny_pair, reference):
+    """K = 1 from the policy, but `{"color": "`-style forced runs are several tokens: they go in one verify."""
+    target, draft = tiny_pair
+    eng = make_engine(target, method="draft", draft=draft, num_speculative_tokens=1, speculative_policy="static",
+                      **LIMITS)
+    outs = run(eng, greedy_json)
+    want, _ = reference
+    assert {rid: tokens_of(o) for rid, o in outs.items()} == want
+    spec = final(outs["p0"]).spec
+    assert spec.forced_tokens > spec.target_passes, spec  # at K = 1 it could be at most one per pass
