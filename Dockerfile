@@ -2,15 +2,16 @@
 # specserve images, one target each (docker build --target <name> -t specserve:<name> .):
 #   neuron       trn1/inf2, transformers-neuronx: the last AWS inference container that ships it (SDK 2.25, Python 3.10,
 #                torch 2.7). Run with --device=/dev/neuron0 (one --device per Neuron device the model needs).
-#   neuron-nxdi  trn1/inf2, NxD Inference on a newer Neuron SDK container. The default tag below is our best reading of
-#                the SDK 2.26 naming (PyTorch 2.8, Python 3.11); check the Neuron containers list and override it with
-#                --build-arg NEURON_NXDI_IMAGE=... if AWS named it differently.
+#   neuron-nxdi  trn1/inf2, NxD Inference on the SDK 2.28 container (Python 3.12, torch 2.9, transformers 4.57, NxD
+#                Inference 0.8): the last SDK whose NxD Inference supports Trn1/Inf2 (SDK 2.29 release notes: "customers
+#                who require NxD Inference kernel support on Trn1 or Inf2 instances should pin to release 2.28").
+#                --build-arg NEURON_NXDI_IMAGE=<a 2.29+ pytorch-inference-neuronx tag> builds for Trn2 and newer ONLY.
 #   cpu          everyone else: python:3.11-slim with the CPU torch wheel.
 # Every target runs `specserve serve` as a non-root user, listens on 0.0.0.0:8000 and takes the model from
 # SPECSERVE_MODEL (a Hugging Face hub id or a mounted directory) or from arguments after the image name.
 
 ARG NEURON_TNX_IMAGE=public.ecr.aws/neuron/pytorch-inference-neuronx:2.7.0-neuronx-py310-sdk2.25.0-ubuntu22.04
-ARG NEURON_NXDI_IMAGE=public.ecr.aws/neuron/pytorch-inference-neuronx:2.8.0-neuronx-py311-sdk2.26.0-ubuntu22.04
+ARG NEURON_NXDI_IMAGE=public.ecr.aws/neuron/pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.28.0-ubuntu24.04
 
 # ---- the specserve wheel (pure Python), built once and installed by every target ----
 FROM python:3.11-slim AS wheel
@@ -25,11 +26,15 @@ RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 FROM ${NEURON_TNX_IMAGE} AS neuron
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=wheel /wheels /wheels
-# Keep the container's Neuron stack (torch, torch-neuronx, transformers-neuronx, transformers) exactly as AWS built it:
-# specserve's own requirements are satisfied around it, never by upgrading it.
-RUN python -m pip freeze | grep -iE '^(torch|torch-neuronx|torch_neuronx|transformers-neuronx|transformers_neuronx|neuronx-cc|neuronx_cc|transformers)==' > /tmp/neuron-pins.txt \
-    && python -m pip install --no-cache-dir -c /tmp/neuron-pins.txt /wheels/*.whl \
-    && rm -rf /wheels /tmp/neuron-pins.txt \
+COPY deploy/constraints/pip_constraints.py /tmp/pip_constraints.py
+# Keep the container's Python stack exactly as AWS built it: every package of the image's `pip freeze` (torch,
+# torch-neuronx, transformers-neuronx, transformers, numpy < 1.24, protobuf < 4, ...) is a constraint, so pip satisfies
+# specserve around them or fails; the freeze after the install is then checked against the one before.
+RUN python -m pip freeze > /tmp/image-freeze.txt \
+    && python /tmp/pip_constraints.py constraints < /tmp/image-freeze.txt > /tmp/image-pins.txt \
+    && python -m pip install --no-cache-dir -c /tmp/image-pins.txt /wheels/*.whl \
+    && python -m pip freeze | python /tmp/pip_constraints.py check /tmp/image-freeze.txt \
+    && rm -rf /wheels /tmp/image-freeze.txt /tmp/image-pins.txt /tmp/pip_constraints.py \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin specserve \
     && mkdir -p /var/cache/specserve/neuron \
     && chown -R specserve /var/cache/specserve
@@ -51,9 +56,12 @@ ENTRYPOINT ["specserve", "serve"]
 FROM ${NEURON_NXDI_IMAGE} AS neuron-nxdi
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=wheel /wheels /wheels
-RUN python -m pip freeze | grep -iE '^(torch|torch-neuronx|torch_neuronx|neuronx-distributed|neuronx_distributed|neuronx-distributed-inference|neuronx_distributed_inference|neuronx-cc|neuronx_cc|transformers)==' > /tmp/neuron-pins.txt \
-    && python -m pip install --no-cache-dir -c /tmp/neuron-pins.txt /wheels/*.whl \
-    && rm -rf /wheels /tmp/neuron-pins.txt \
+COPY deploy/constraints/pip_constraints.py /tmp/pip_constraints.py
+RUN python -m pip freeze > /tmp/image-freeze.txt \
+    && python /tmp/pip_constraints.py constraints < /tmp/image-freeze.txt > /tmp/image-pins.txt \
+    && python -m pip install --no-cache-dir -c /tmp/image-pins.txt /wheels/*.whl \
+    && python -m pip freeze | python /tmp/pip_constraints.py check /tmp/image-freeze.txt \
+    && rm -rf /wheels /tmp/image-freeze.txt /tmp/image-pins.txt /tmp/pip_constraints.py \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin specserve \
     && mkdir -p /var/cache/specserve/neuron \
     && chown -R specserve /var/cache/specserve

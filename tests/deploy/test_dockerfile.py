@@ -16,6 +16,8 @@ from config.loader import ENV_PREFIX, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 TNX_BASE = "public.ecr.aws/neuron/pytorch-inference-neuronx:2.7.0-neuronx-py310-sdk2.25.0-ubuntu22.04"
+# SDK 2.28: the last release whose NxD Inference supports trn1/inf2 (2.29+ is Trn2 and newer only).
+NXDI_BASE = "public.ecr.aws/neuron/pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.28.0-ubuntu24.04"
 
 
 def hadolint() -> str:
@@ -60,6 +62,28 @@ def test_targets_bases_and_runtime():
     assert "SPECSERVE_BACKEND=neuron-tnx" in st["neuron"] and "SPECSERVE_BACKEND=neuron-nxdi" in st["neuron-nxdi"]
 
 
+def test_nxdi_base_is_sdk_228_and_newer_ones_are_documented_trn2_only():
+    text = DOCKERFILE.read_text()
+    assert f"ARG NEURON_NXDI_IMAGE={NXDI_BASE}" in text
+    header = text.split("ARG ", 1)[0]
+    assert "--build-arg NEURON_NXDI_IMAGE=" in header and "Trn2 and newer ONLY" in header
+
+
+@pytest.mark.parametrize("target", ["neuron", "neuron-nxdi"])
+def test_neuron_install_is_constrained_by_the_whole_image_freeze(target):
+    """Every package of the image's `pip freeze` constrains the install (numpy included, not a hand-picked list), and
+    the freeze after it is checked against the one before, so the build fails rather than move a pinned package."""
+    body = stages()[target]
+    assert "COPY deploy/constraints/pip_constraints.py /tmp/pip_constraints.py" in body
+    run = body[body.index("RUN python -m pip freeze"):]
+    steps = [s.strip() for s in run.split("&&")]
+    assert steps[0].endswith("pip freeze > /tmp/image-freeze.txt \\")
+    assert "pip_constraints.py constraints < /tmp/image-freeze.txt > /tmp/image-pins.txt" in steps[1]
+    assert "pip install --no-cache-dir -c /tmp/image-pins.txt /wheels/*.whl" in steps[2]
+    assert "pip freeze | python /tmp/pip_constraints.py check /tmp/image-freeze.txt" in steps[3]
+    assert "grep" not in run.split("useradd", 1)[0]  # no filtered subset of the freeze
+
+
 def test_env_in_dockerfile_are_settings():
     env = dict(re.findall(r"(SPECSERVE_[A-Z_]+)=(\S+)", DOCKERFILE.read_text()))
     assert env
@@ -73,6 +97,7 @@ def test_dockerignore_keeps_what_the_build_copies():
                if line.strip() and not line.startswith("#")}
     copied = {"pyproject.toml", "README.md", "config", "engine", "server"}
     assert not copied & ignored
+    assert "!deploy/constraints/pip_constraints.py" in ignored  # re-included from the ignored deploy/
     assert {".git", ".venv", "tests"} <= ignored
 
 
