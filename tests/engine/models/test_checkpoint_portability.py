@@ -46,7 +46,8 @@ def weights() -> dict[str, torch.Tensor]:
     def w(*shape):
         return torch.randn(*shape, generator=g) * 0.08
 
-    out = {"model.embed_tokens.weight": w(VOCAB, HIDDEN), "model.norm.weight": 1 + w(HIDDEN), "lm_head.weight": w(VOCAB, HIDDEN)}
+    out = {"model.embed_tokens.weight": w(VOCAB, HIDDEN), "model.norm.weight": 1 + w(HIDDEN),
+           "lm_head.weight": w(VOCAB, HIDDEN)}
     for i in range(LAYERS):
         p = f"model.layers.{i}."
         out |= {p + "self_attn.q_proj.weight": w(HEADS * HEAD_DIM, HIDDEN),
@@ -81,9 +82,12 @@ def specserve_logits(d) -> torch.Tensor:
 
 
 def hf_rope_theta(d) -> float:
+    """The theta the installed transformers computes with (4.x keeps an unknown `rope_parameters` as a plain attribute
+    and ignores it)."""
     cfg = transformers.AutoConfig.from_pretrained(str(d))
-    params = getattr(cfg, "rope_parameters", None)  # 5.x
-    return float(params["rope_theta"]) if isinstance(params, dict) else float(cfg.rope_theta)
+    if transformers_version() >= (5, 0):
+        return float(cfg.rope_parameters["rope_theta"])
+    return float(cfg.rope_theta)
 
 
 @pytest.mark.parametrize("rope", list(ROPES))
@@ -97,7 +101,8 @@ def test_portable_checkpoint_same_logits_in_transformers_and_specserve(tmp_path,
 
 def test_rope_theta_matters_here(tmp_path):
     """Guards the test above: with theta 10000 (the 4.x fallback) the same weights give other logits."""
-    real = specserve_logits(write_checkpoint(tmp_path / "a", portable_config_dict(five_x_config(ROPES["default-100k"]))))
+    real = specserve_logits(write_checkpoint(tmp_path / "a", portable_config_dict(
+        five_x_config(ROPES["default-100k"]))))
     fallback = specserve_logits(write_checkpoint(tmp_path / "b", portable_config_dict(
         five_x_config({"rope_type": "default", "rope_theta": 10000.0}))))
     assert (real - fallback).abs().max() > 1e-2

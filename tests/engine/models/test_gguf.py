@@ -13,6 +13,7 @@ import torch
 
 from engine.models import gguf as gguf_mod
 from engine.models.config import ModelConfig
+from engine.models.hf_compat import dtype_kwarg
 from engine.models.loader import load_model, resolve_model_path
 from engine.models.tokenizer import load_tokenizer
 from engine.runners.base import ForwardBatch
@@ -102,7 +103,7 @@ def _hf_gguf(f):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(f.parent), gguf_file=f.name)
-    model = AutoModelForCausalLM.from_pretrained(str(f.parent), gguf_file=f.name, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(f.parent), gguf_file=f.name, **dtype_kwarg(torch.float32)).eval()
     return tok, model
 
 
