@@ -5,8 +5,9 @@ Usage (the server is the embedded default pair, started separately):
         --concurrency 1,16 --num-prompts 16 --output docs/results/structured.json
 
 Prompts: the bundled `extract` set (answers drawn from a text in the prompt). Constrained requests carry a schema
-(`SCHEMA`) and end when the document does; unconstrained ones generate the same number of tokens on average
-(`max_tokens` = the constrained mean, with length control), so output tokens per second compare like with like.
+(`SCHEMA`) and end when the document does; each unconstrained request then generates exactly as many tokens as the
+constrained request on the same prompt did (per-request `max_tokens`, with length control), so the two runs do the
+same work, stragglers included, and output tokens per second compare like with like.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ FORMAT = {"type": "json_schema", "json_schema": {"name": "extraction", "schema":
 
 
 def run(base_url: str, model: str, items, *, constrained: bool, speculative: bool, concurrency: int,
-        num_prompts: int, max_tokens: int) -> dict:
+        num_prompts: int, max_tokens: int, lengths: list[int]) -> dict:
+    """One configuration; appends each request's output length to `lengths` (send order)."""
     extra = {"speculative": speculative}
     if constrained:
         extra["response_format"] = FORMAT
@@ -48,6 +50,7 @@ def run(base_url: str, model: str, items, *, constrained: bool, speculative: boo
                                             concurrency=concurrency))
     m = summarize(results, seconds)
     forced = sum((r.speculation or {}).get("forced_tokens", 0) for r in results if r.ok)
+    lengths.extend(r.output_tokens for r in results)
     return {"constrained": constrained, "speculative": speculative, "concurrency": concurrency,
             "output_throughput": m["output_throughput"], "output_tokens": m["output_tokens"],
             "mean_output_tokens": m["output_tokens"] / max(1, m["completed"]), "errors": m["errors"],
@@ -66,18 +69,20 @@ def main() -> None:
     items = load_dataset("extract")
     rows = []
     for c in [int(x) for x in args.concurrency.split(",")]:
-        n = max(args.num_prompts, c)
+        n = max(args.num_prompts, 2 * c)  # two waves at least: one straggler does not set the duration
+        lengths: list[int] = []
         con = run(args.base_url, args.model, items, constrained=True, speculative=True, concurrency=c,
-                  num_prompts=n, max_tokens=args.max_tokens)
-        mean_len = max(8, round(con["mean_output_tokens"]))
-        uncon = run(args.base_url, args.model, items, constrained=False, speculative=True, concurrency=c,
-                    num_prompts=n, max_tokens=mean_len)
+                  num_prompts=n, max_tokens=args.max_tokens, lengths=lengths)
+        # The same prompts, each asked for the length its constrained twin produced.
+        matched = [{**items[i % len(items)], "max_tokens": max(1, lengths[i])} for i in range(n)]
+        uncon = run(args.base_url, args.model, matched, constrained=False, speculative=True, concurrency=c,
+                    num_prompts=n, max_tokens=args.max_tokens, lengths=[])
         rows += [con, uncon]
         if c == 1:
             rows.append(run(args.base_url, args.model, items, constrained=True, speculative=False, concurrency=c,
-                            num_prompts=n, max_tokens=args.max_tokens))
-            rows.append(run(args.base_url, args.model, items, constrained=False, speculative=False, concurrency=c,
-                            num_prompts=n, max_tokens=mean_len))
+                            num_prompts=n, max_tokens=args.max_tokens, lengths=[]))
+            rows.append(run(args.base_url, args.model, matched, constrained=False, speculative=False,
+                            concurrency=c, num_prompts=n, max_tokens=args.max_tokens, lengths=[]))
         for r in rows[-4 if c == 1 else -2:]:
             print(json.dumps(r), flush=True)
     summary = {}
