@@ -18,6 +18,7 @@ from engine.sampling.pipeline import RowContext, process_logits
 from engine.sampling.sampler import probs_from_processed, sample
 from engine.sequence import Sequence
 from engine.spec.rejection_sampler import rejection_sample
+from engine.structured.batch import prefetch_masks
 
 
 @dataclass
@@ -48,6 +49,7 @@ def select_tokens(
 
     `draft_probs[i]`: `[len(drafts[i]), V]` processed draft distribution, or None for one-hot drafts (n-gram).
     """
+    prefetch_masks([s.grammar for s in seqs], drafts)  # structured output: every row's mask in one native call
     ctxs = [c for seq, d in zip(seqs, drafts, strict=True) for c in row_contexts(seq, d)]
     processed = process_logits(logits, ctxs)  # (N, V)
     any_drafts = any(drafts)

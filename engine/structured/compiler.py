@@ -51,6 +51,7 @@ class GrammarCompiler:
         self._eos = [int(t) for t in eos_token_ids] or None
         self._lltok = None  # ~0.3-0.5 s for a 49k vocab: built on first use or by `warm()` in the background
         self._tok_lock = threading.Lock()
+        self._executor = None
         self._cache: OrderedDict[str, str] = OrderedDict()  # spec key -> validated llguidance grammar
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -66,6 +67,17 @@ class GrammarCompiler:
                 self._lltok = llguidance.hf.from_tokenizer(self._hf_tokenizer, n_vocab=self.vocab_size,
                                                            eos_token=eos)
             return self._lltok
+
+    @property
+    def executor(self):
+        """One llguidance executor (native thread pool) for batched mask computation; 2 threads: the CPU budget
+        of the development machine, and more does not help masks that take tens of microseconds."""
+        with self._tok_lock:
+            if self._executor is None:
+                import llguidance
+
+                self._executor = llguidance.LLExecutor(num_threads=2)
+            return self._executor
 
     def warm(self) -> None:
         """Build the llguidance tokenizer in a daemon thread, so the first constrained request does not wait for it."""
@@ -104,7 +116,7 @@ class GrammarCompiler:
         matcher = llguidance.LLMatcher(self.lltokenizer, grammar, log_level=0)
         if matcher.is_error():  # validated above, so only resource limits land here
             raise InvalidRequestError(f"grammar could not be started: {matcher.get_error()}", param="response_format")
-        return GrammarState(matcher, self.vocab_size)
+        return GrammarState(matcher, self.vocab_size, self.executor)
 
     def _build(self, spec: GrammarSpec, lltok) -> str:
         import llguidance

@@ -22,8 +22,9 @@ class GrammarError(RuntimeError):
 
 
 class GrammarState:
-    def __init__(self, matcher, vocab_size: int):
+    def __init__(self, matcher, vocab_size: int, executor=None):
         self._m = matcher  # llguidance.LLMatcher
+        self.executor = executor  # llguidance.LLExecutor shared by the compiler's states (engine.structured.batch)
         self.vocab_size = vocab_size
         self._tentative: list[int] = []  # draft tokens consumed on top of the committed ones
         self.num_committed = 0
@@ -52,6 +53,19 @@ class GrammarState:
                 allowed = None
         self._masks[key] = allowed
         return allowed
+
+    def has_masks_for(self, drafts: list[int]) -> bool:
+        return all(tuple(drafts[:j]) in self._masks for j in range(len(drafts) + 1))
+
+    def store_masks(self, drafts: list[int], rows: list[torch.Tensor | None]) -> None:
+        """Masks computed elsewhere (engine.structured.batch) for the rows of `drafts`."""
+        for j, row in enumerate(rows):
+            self._masks.setdefault(tuple(drafts[:j]), row)
+
+    def committed_matcher(self):
+        """The matcher holding the committed tokens only (tentative drafts rolled back), for batched mask calls."""
+        self._sync([])
+        return self._m
 
     def masks_for(self, drafts: list[int]) -> list[torch.Tensor | None]:
         """The k+1 allowed-token rows of a verify block: row j after drafts[:j]."""

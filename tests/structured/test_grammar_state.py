@@ -97,3 +97,21 @@ def test_apply_allowed_masks_and_keeps_emptied_rows_sampleable():
     assert logits[0].tolist() == [1.0, 2.0, -math.inf]
     # Row 1's only allowed token had been masked (min_tokens / bias): the grammar's choice wins.
     assert logits[1].tolist() == [-math.inf, 0.0, -math.inf]
+
+
+def test_batched_masks_equal_row_by_row_masks(compiler, tok):
+    from engine.structured.batch import prefetch_masks
+
+    docs = ['{"name": "Bob", "age": 3}', '{"name": "Al", "age": 41}', '{"name": "Xi", "age": 7}']
+    batched, single = [], []
+    for d in docs:
+        ids = encode(tok, d)
+        for bucket in (batched, single):
+            st = compiler.new_state(GrammarSpec.json_schema(PERSON))
+            st.commit(ids[:3])
+            bucket.append((st, ids[3:8]))
+    prefetch_masks([s for s, _ in batched], [d for _, d in batched])
+    for (b, d), (s, _) in zip(batched, single, strict=True):
+        assert b.has_masks_for(d)
+        for mb, ms in zip(b.masks_for(d), s.masks_for(d), strict=True):
+            assert (mb is None and ms is None) or torch.equal(mb, ms)
