@@ -74,7 +74,9 @@ def test_each_dir_is_a_standalone_half_precision_checkpoint(name):
         assert (d / f).is_file(), f"{d / f} missing"
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"]
-    assert (cfg.get("dtype") or cfg.get("torch_dtype")) in ("bfloat16", "float16")
+    assert cfg["dtype"] == cfg["torch_dtype"] and cfg["dtype"] in ("bfloat16", "float16")
+    # Both spellings, so transformers 4.x (the Neuron containers) reads the same rope as 5.x (hf_compat).
+    assert cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"] and "rope_scaling" in cfg
     raw = (d / "model.safetensors").read_bytes()
     (hlen,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + hlen])
