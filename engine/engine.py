@@ -24,8 +24,8 @@ from engine.select import Selection, select_tokens
 from engine.sequence import Sequence
 from engine.spec.base import Proposer
 from engine.spec.policy import record_verify
-from engine.structured.support import StructuredSupport
 from engine.stats import EngineCounters, StepRecord
+from engine.structured.support import StructuredSupport
 
 log = logging.getLogger("specserve.engine")
 
