@@ -56,12 +56,7 @@ DESELECT = {
         "rope_theta (the case it covers cannot arise there)",
 }
 # Known failures under 4.x, kept visible: reported, not counted against the job (each names the issue it belongs to).
-KNOWN_4X = {
-    "tests/engine/models/test_gguf.py::test_gguf_converts_to_a_portable_bf16_checkpoint":
-        "transformers 4.x's GGUF tokenizer conversion (4.48, 4.51, 4.57) sets eos to id 1 <|im_start|> although the "
-        "file says tokenizer.ggml.eos_token_id = 2 (5.x reads 2); engine/models/gguf.py should take bos/eos/pad from "
-        "the GGUF metadata (issue 13)",
-}
+KNOWN_4X: dict[str, str] = {}  # none today
 
 HUB_4X = "huggingface_hub>=0.34,<1.0"  # transformers 4.x requires hub < 1.0; the venv has 1.x/2.x for transformers 5
 NUMPY_1 = ["numpy==1.23.5", "scipy==1.11.4"]  # images pin numpy<1.24,>1.21

@@ -89,6 +89,27 @@ def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | No
     return entry
 
 
+_SPECIAL_KEYS = {"bos_token_id": "tokenizer.ggml.bos_token_id", "eos_token_id": "tokenizer.ggml.eos_token_id",
+                 "pad_token_id": "tokenizer.ggml.padding_token_id"}
+
+
+def gguf_special_token_ids(path: Path) -> dict[str, int]:
+    """bos/eos/pad ids as the GGUF file records them (`tokenizer.ggml.*_token_id`).
+
+    transformers 4.48-4.57's GGUF tokenizer conversion reads SmolLM2's eos as id 1 (`<|im_start|>`) although the file
+    says 2 (`<|im_end|>`); 5.x reads 2. Taking them from the file makes the converted checkpoint the same everywhere.
+    """
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+    out = {}
+    for key, field_name in _SPECIAL_KEYS.items():
+        field = fields.get(field_name)
+        if field is not None:
+            out[key] = int(field.contents())
+    return out
+
+
 def _write_checkpoint(src: Path, out: Path, dtype: torch.dtype) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -97,12 +118,16 @@ def _write_checkpoint(src: Path, out: Path, dtype: torch.dtype) -> None:
     d, name = str(src.parent), src.name
     log.info("GGUF %s: reading the tokenizer", name)
     tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=name)
+    special = gguf_special_token_ids(src)
+    for attr, token_id in special.items():  # 4.48-4.57 mis-read eos as <|im_start|>; the file's own ids win
+        setattr(tokenizer, attr.removesuffix("_id"), tokenizer.convert_ids_to_tokens(token_id))
     log.info("GGUF %s: dequantising the tensors", name)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, **dtype_kwarg(torch.float32))
     cfg = model.config.to_dict()
     for k in _DROP_KEYS:
         cfg.pop(k, None)
     cfg["architectures"] = [type(model).__name__]
+    cfg.update(special)
     cfg["dtype"] = str(dtype).removeprefix("torch.")
     cfg.pop("torch_dtype", None)
     (out / "config.json").write_text(json.dumps(portable_config_dict(cfg), indent=2, sort_keys=True))
