@@ -131,6 +131,7 @@ class ServerState:
         restarts = getattr(self.engine, "restarts", None)  # engine-core process restarts (engine_process only)
         if isinstance(restarts, int):
             body["engine_restarts"] = restarts
+            body["engine_pid"] = getattr(self.engine, "pid", None)
         return (200 if body["status"] == Phase.READY.value else 503), body
 
     @property
