@@ -2,13 +2,14 @@
 
 An *arm* is one way of allocating drafts in a step: a uniform cap K for every adaptive row, or the cost model's
 per-sequence allocation (`MODEL_ARM`). Each decode-only step that ran an arm adds one sample, its delivered tokens per
-sequence-second (`emitted / (rows * seconds)`): per row, so nearby batch sizes compare (on a memory-bound device a
-step costs about the same at 12 or 16 rows), and in delivered tokens, so whatever the proposer really produced
-(n-gram's short or missing drafts), what the verifier accepted and what a stop threw away are all in it.
+sequence-second: per row, so nearby batch sizes compare (on a memory-bound device a step costs about the same at 12
+or 16 rows), and in delivered tokens, so whatever the proposer really produced (n-gram's short or missing drafts),
+what the verifier accepted and what a stop threw away are all in it.
 
-Per cell and arm the table keeps the last `window` samples with the step they were taken at; the estimate is their
-median (one step that lost the CPU to a neighbour moves it little), from at least `min_samples` samples no older than
-`max_age` steps. An arm without fresh samples in its own cell borrows the estimate of the nearest cell that has them
+Per cell and arm the table keeps the last `window` samples (delivered tokens per row, seconds, step taken); the
+estimate is their ratio of sums, i.e. goodput itself (a per-step median is biased: one step accepts all drafts, the
+next none), after dropping steps that took over 3x the window's median time (a neighbour took the CPU), from at
+least `min_samples` samples no older than `max_age` steps. An arm without fresh samples in its own cell borrows the estimate of the nearest cell that has them
 (a new batch size starts from its neighbours' ranking instead of exploring from nothing); the policy probes it
 locally soon after. Samples age out, so a change of regime (acceptance, co-tenancy, load) is re-measured.
 """
@@ -32,18 +33,19 @@ def batch_cell(b: int) -> int:
 
 
 class GoodputTable:
-    def __init__(self, window: int = 5, min_samples: int = 3, max_age: int = 600):
+    def __init__(self, window: int = 16, min_samples: int = 3, max_age: int = 600):
         self.window = window
         self.min_samples = min_samples
         self.max_age = max_age
-        self.samples: dict[tuple[int, int], deque[tuple[int, float]]] = {}  # (cell, arm) -> (step, rate)
+        # (cell, arm) -> (step, delivered tokens per row, seconds)
+        self.samples: dict[tuple[int, int], deque[tuple[int, float, float]]] = {}
 
-    def add(self, cell: int, arm: int, step: int, rate: float) -> None:
-        self.samples.setdefault((cell, arm), deque(maxlen=self.window)).append((step, rate))
+    def add(self, cell: int, arm: int, step: int, tokens_per_row: float, seconds: float) -> None:
+        self.samples.setdefault((cell, arm), deque(maxlen=self.window)).append((step, tokens_per_row, seconds))
 
-    def fresh(self, cell: int, arm: int, now: int) -> list[float]:
-        """Rates of the samples at (cell, arm) no older than max_age steps."""
-        return [r for s, r in self.samples.get((cell, arm), ()) if now - s <= self.max_age]
+    def fresh(self, cell: int, arm: int, now: int) -> list[tuple[float, float]]:
+        """(tokens per row, seconds) of the samples at (cell, arm) no older than max_age steps."""
+        return [(n, t) for s, n, t in self.samples.get((cell, arm), ()) if now - s <= self.max_age]
 
     def last_step(self, cell: int, arm: int) -> int:
         """Step of the newest sample at (cell, arm); -1 if none."""
@@ -51,12 +53,21 @@ class GoodputTable:
         return d[-1][0] if d else -1
 
     def local(self, cell: int, arm: int, now: int) -> float | None:
-        """Median of this cell's own fresh samples, or None with fewer than min_samples."""
-        rates = self.fresh(cell, arm, now)
-        return statistics.median(rates) if len(rates) >= self.min_samples else None
+        """Tokens per sequence-second of this cell's own fresh samples, or None with fewer than min_samples."""
+        got = self.fresh(cell, arm, now)
+        if len(got) < self.min_samples:
+            return None
+        limit = 3.0 * statistics.median(t for _, t in got)
+        kept = [(n, t) for n, t in got if t <= limit]
+        return sum(n for n, _ in kept) / max(sum(t for _, t in kept), 1e-12)
+
+    def step_seconds(self, cell: int, arm: int, now: int) -> float | None:
+        """Mean seconds of a step of `arm` in this cell (fresh samples), or None if it has none."""
+        got = self.fresh(cell, arm, now)
+        return sum(t for _, t in got) / len(got) if got else None
 
     def estimate(self, cell: int, arm: int, now: int) -> float | None:
-        """This cell's median if it has one, else the nearest cell's (in log batch size), else None."""
+        """This cell's own estimate if it has one, else the nearest cell's (in log batch size), else None."""
         own = self.local(cell, arm, now)
         if own is not None:
             return own

@@ -16,7 +16,7 @@ policy *measures*: it is a bandit over a few *arms* per batch-size cell (`engine
   tokens prefilled beside them. It wins when acceptance differs between sequences enough that one cap fits none.
 
 Each decode-only step adds its realized tokens per sequence-second to the arm it ran; the policy runs the arm with the
-best median in the step's cell. Every `probe_every` steps of a cell it runs the arm measured longest ago there (every
+best goodput in the step's cell. Every `probe_every` steps of a cell it runs the arm measured longest ago there (every
 `probe_every_new` steps while some arm has no fresh sample of its own there), so the ranking follows a change of
 regime; samples older than `max_age` steps expire. The realized rate carries everything a model would have to
 guess: n-gram drafts shorter than asked (or none), mixed batches, what a stop threw away. Steps with prefill are
@@ -79,7 +79,7 @@ class StaticPolicy:
 
 class AdaptivePolicy:
     def __init__(self, k_max: int, allowed_k: Seq[int] | None = None, *, prior_acceptance: float = 0.6,
-                 probe_every: int = 16, probe_every_new: int = 4, model_arm: bool = True,
+                 probe_every: int = 16, probe_every_new: int = 4, probe_share: float = 0.015, model_arm: bool = True,
                  table: GoodputTable | None = None):
         self.ks = sorted(k for k in (allowed_k if allowed_k is not None else range(k_max + 1)) if k <= k_max)
         if 0 not in self.ks:
@@ -90,13 +90,18 @@ class AdaptivePolicy:
         self.global_failures = 4.0 * (1.0 - prior_acceptance)
         self.probe_every = probe_every
         self.probe_every_new = probe_every_new
+        self.probe_share = probe_share
+        self.cell_seconds: dict[int, float] = {}  # cell -> seconds of decode-only steps decided there
+        self.probe_loss: dict[int, float] = {}  # cell -> seconds of goodput the probes there lost
+        self.last_loss: dict[tuple[int, int], float] = {}  # (cell, arm) -> what its latest probe lost
+        self._probe_best = 0.0  # best arm's goodput when the pending probe was chosen
         self.model_arm = model_arm and len(self.ks) > 1
         self.steps = 0  # steps observed: the clock samples are stamped with
         self.cell_steps: dict[int, int] = {}  # cell -> decode-only decisions taken there (the probe schedule)
         self.tried_at: dict[int, int] = {}  # arm -> step it last ran (round robin over arms not measured anywhere)
         self.last_arm: int | None = None  # the arm of the latest decision (tests and replays read it)
         self.last_probe = False  # whether the latest decision was a probe
-        self._pending: tuple[int, int] | None = None  # (cell, arm) of the decision the next observe() scores
+        self._pending: tuple[int, int, bool] | None = None  # (cell, arm, probe?) the next observe() scores
 
     @property
     def global_acceptance(self) -> float:
@@ -123,7 +128,7 @@ class AdaptivePolicy:
         self.tried_at[arm] = self.steps
         self.last_arm = arm
         if prefill_tokens == 0:
-            self._pending = (cell, arm)
+            self._pending = (cell, arm, self.last_probe)
         return self.allocate(seqs, arm, prefill_tokens)
 
     def _pick_arm(self, cell: int, learn: bool) -> int:
@@ -131,6 +136,7 @@ class AdaptivePolicy:
         self.last_probe = False
         est = {a: self.table.estimate(cell, a, now) for a in self.arms}
         unknown = [a for a, e in est.items() if e is None]
+        self._probe_best = 0.0
         if unknown:  # measured nowhere yet: try those, least recently tried first
             self.last_probe = True
             return min(unknown, key=lambda a: self.tried_at.get(a, -1))
@@ -141,9 +147,25 @@ class AdaptivePolicy:
         missing = [a for a in est if self.table.local(cell, a, now) is None]
         if n % (self.probe_every_new if missing else self.probe_every):
             return best
+        # Arms far behind the best cost the most to probe and are least likely to overtake: every 4th probe only.
+        pool = missing or [a for a in est if a != best and (est[a] >= 0.8 * est[best] or n % (4 * self.probe_every) == 0)]
+        # A probe is paid in lost time, not steps (at a compute-bound batch one K_max step costs several K = 0
+        # steps): seconds * (1 - rate / best rate). Probes may lose at most `probe_share` of the cell's time.
+        room = self.probe_share * self.cell_seconds.get(cell, 0.0) - self.probe_loss.get(cell, 0.0)
+        pool = [a for a in pool if self._probe_loss(cell, a, est, best) <= room]
+        if not pool:
+            return best
         self.last_probe = True
-        pool = missing or [a for a in est if a != best]
-        return min(pool, key=lambda a: self.table.last_step(cell, a))
+        pick = min(pool, key=lambda a: self.table.last_step(cell, a))
+        self._probe_best = est[best]
+        return pick
+
+    def _probe_loss(self, cell: int, arm: int, est: dict[int, float], best: int) -> float:
+        """Seconds of goodput a step of `arm` is expected to lose against `best` in this cell: from its samples, or
+        what its last probe really lost if more (after a K = 0 stretch a draft model first catches up on every
+        token it skipped, which its older samples may not show)."""
+        seconds = self.table.step_seconds(cell, arm, self.steps) or 0.0
+        return max(seconds * max(0.0, 1.0 - est[arm] / max(est[best], 1e-12)), self.last_loss.get((cell, arm), 0.0))
 
     def allocate(self, seqs: list[Sequence], arm: int, prefill_tokens: int = 0) -> list[int]:
         """K per sequence under `arm`: opted-out rows 0, seeded sampled rows K_max, adaptive rows the arm's K."""
@@ -206,8 +228,14 @@ class AdaptivePolicy:
                 self.global_failures = 0.98 * self.global_failures + (1.0 if acc < d else 0.0)
         pending, self._pending = self._pending, None
         if pending and rec.batch_size and not rec.num_prefill_tokens and rec.seconds > 0:
-            cell, arm = pending
-            self.table.add(cell, arm, self.steps, rec.emitted_tokens / (rec.batch_size * rec.seconds))
+            cell, arm, probe = pending
+            self.cell_seconds[cell] = self.cell_seconds.get(cell, 0.0) + rec.seconds
+            if probe and self._probe_best > 0:  # what this probe really lost against the best arm
+                rate = rec.emitted_tokens / rec.batch_size / rec.seconds
+                lost = rec.seconds * max(0.0, 1.0 - rate / self._probe_best)
+                self.probe_loss[cell] = self.probe_loss.get(cell, 0.0) + lost
+                self.last_loss[(cell, arm)] = lost
+            self.table.add(cell, arm, self.steps, rec.emitted_tokens / rec.batch_size, rec.seconds)
         if rec.batch_size or rec.num_prefill_tokens:
             self.cost.observe(rec.batch_size, rec.total_draft, max(rec.num_draft, default=0), rec.num_prefill_tokens,
                               rec.seconds)

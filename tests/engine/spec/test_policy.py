@@ -152,10 +152,10 @@ def test_probes_rotate_over_every_arm_when_the_proposer_falls_short_of_k():
 def test_batch_cells_and_goodput_table():
     assert [batch_cell(b) for b in (1, 5, 8, 9, 10, 11, 16, 17, 33, 64)] == [1, 5, 8, 10, 10, 12, 16, 20, 40, 64]
     t = GoodputTable(window=5, min_samples=3, max_age=100)
-    for step, r in enumerate((1.0, 9.0, 1.2, 1.1)):  # one outlier (a preempted step) among four
-        t.add(16, 0, step, r)
-    assert t.local(16, 0, 10) == 1.15 and t.local(12, 0, 10) is None
-    assert t.estimate(12, 0, 10) == 1.15  # borrowed from the nearest cell that has it
+    for step, (n, sec) in enumerate(((1.0, 0.01), (2.0, 0.01), (1.0, 0.09), (2.0, 0.01))):  # one preempted step
+        t.add(16, 0, step, n, sec)
+    assert abs(t.local(16, 0, 10) - 5.0 / 0.03) < 1e-9 and t.local(12, 0, 10) is None  # ratio of sums, w/o outlier
+    assert t.estimate(12, 0, 10) == t.local(16, 0, 10)  # borrowed from the nearest cell that has it
     assert t.estimate(16, 0, 500) is None  # expired
 
 
