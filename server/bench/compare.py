@@ -214,9 +214,10 @@ def run_compare(args: argparse.Namespace, items: list[dict[str, Any]]) -> int:
         for s in servers:
             s.stop()
     ratios = compare_ratios(runs, hf)
+    winners = level_winners(runs)
     doc = document({**settings_of(args), "target": target, "draft": draft, "configs": names}, runs,
-                   hf_inprocess=hf, ratios=ratios, failed_configs=failed,
-                   summary_lines=[f"- {k}: {v:.3f}" for k, v in ratios.items() if v is not None])
+                   hf_inprocess=hf, ratios=ratios, failed_configs=failed, winners=winners,
+                   summary_lines=winner_lines(winners) + [f"- {k}: {v:.3f}" for k, v in ratios.items() if v is not None])
     write_outputs(doc, args, title=f"{Path(target).name}: configurations")
     return 0 if not failed and all(r["metrics"]["errors"] == 0 for r in runs) else 1
 
@@ -279,3 +280,41 @@ def compare_ratios(runs: list[dict[str, Any]], hf: dict[str, Any] | None) -> dic
             if hf.get("hf_generate_tok_s"):
                 out[f"{c}@c=1 (HTTP) / hf_generate (in-process)"] = v / hf["hf_generate_tok_s"]
     return out
+
+
+def level_winners(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per level: the configuration with the best median output tokens/s, and each adaptive configuration's ratio
+    to the best *other* configuration (median ratio, and its min..max over repeats paired by repeat index)."""
+    tput: dict[tuple[Any, str], list[float]] = {}
+    for r in runs:
+        tput.setdefault(((r["concurrency"], r["request_rate"]), r["config"]), []).append(
+            r["metrics"]["output_throughput"] or 0.0)
+    out = []
+    for lv in sorted({lv for lv, _ in tput}, key=lambda x: (x[1] or 0, x[0] or 0)):
+        here = {c: v for (lv2, c), v in tput.items() if lv2 == lv}
+        winner = max(here, key=lambda c: median(here[c]))
+        row: dict[str, Any] = {"concurrency": lv[0], "request_rate": lv[1], "winner": winner,
+                               "winner_tok_s": median(here[winner]), "adaptive": {}}
+        for ad in ("adaptive", "adaptive-ngram"):
+            others = {c: v for c, v in here.items() if c != ad and median(v) > 0}
+            if ad not in here or not others:
+                continue
+            ref = max(others, key=lambda c: median(others[c]))
+            paired = [a / b for a, b in zip(here[ad], others[ref], strict=False) if b > 0]
+            row["adaptive"][ad] = {"against": ref, "ratio": median(here[ad]) / median(others[ref]),
+                                   "min": min(paired, default=None), "max": max(paired, default=None),
+                                   "repeats": len(paired)}
+        out.append(row)
+    return out
+
+
+def winner_lines(winners: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for w in winners:
+        tag = f"c={w['concurrency']}" + (f",rate={w['request_rate']:g}" if w["request_rate"] else "")
+        parts = [f"- {tag}: winner {w['winner']} ({w['winner_tok_s']:.1f} tok/s)"]
+        for ad, r in w["adaptive"].items():
+            spread = f" [{r['min']:.3f}..{r['max']:.3f} over {r['repeats']} repeats]" if r["repeats"] > 1 else ""
+            parts.append(f"{ad}/{r['against']} = {r['ratio']:.3f}{spread}")
+        lines.append("; ".join(parts))
+    return lines
