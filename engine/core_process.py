@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 import traceback
 
 import zmq
@@ -156,5 +157,13 @@ class CoreLoop:
                           counters=snapshot_counters(e.counters, e.structured.stats),
                           num_running=e.num_running, num_waiting=e.num_waiting, num_free_slots=e.num_free_slots,
                           rejected=rejected)
-        self.outbox.send(self.codec.encode(batch), copy=False)
+        data = self.codec.encode(batch)
+        while True:
+            try:
+                self.outbox.send(data, zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:  # the API side is not reading: slow, or gone (then nobody ever will)
+                if os.getppid() != self.parent_pid:
+                    raise SystemExit("API process is gone") from None
+                time.sleep(0.01)
 

@@ -47,10 +47,10 @@ def _plain(client: openai.OpenAI) -> str:
     try:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], **LONG)
         return "finished"
-    except openai.InternalServerError as e:
-        assert e.status_code == 500
-        assert e.body and "engine process died" in str(e.body), e.body
-        return "error 500"
+    except openai.APIStatusError as e:  # 500 if it was in flight, 503 if it arrived while the engine was down
+        assert e.status_code in (500, 503), e
+        assert "engine process died" in e.message, e.message
+        return f"error {e.status_code}: {e.message}"
 
 
 def test_kill_engine_under_load_then_serve_again(tiny_pair):
@@ -74,7 +74,7 @@ def test_kill_engine_under_load_then_serve_again(tiny_pair):
             results = [f.result(timeout=30) for f in streams + plains]
             answered_in = time.monotonic() - t0
         assert all(r.startswith("error") for r in results), results  # 2000 tokens each: none could have finished
-        assert all("engine process died" in r for r in results[:4]), results
+        assert all("engine process died" in r for r in results), results
         assert answered_in < 10, f"requests took {answered_in:.1f}s to end after the kill"
 
         status, body = _wait_health(proc, lambda s, b: s == 200, timeout=90)
