@@ -178,6 +178,7 @@ class ProcessEngine:
         self.tokenizer = load_tokenizer(ready.tokenizer_path)
         self.model_name, self.max_model_len, self.vocab_size = ready.model_name, ready.max_model_len, ready.vocab_size
         self._admission = _Admission(ready, self.tokenizer)
+        self._gauges = (0, 0, ready.max_num_seqs)  # a fresh core: every slot free until its first step says more
         self._inc = inc
         return self
 
@@ -490,6 +491,7 @@ class ProcessEngine:
             if inc.ready.model_name != self.model_name or inc.ready.vocab_size != self.vocab_size:
                 log.warning("restarted engine serves %s (vocab %d); the API side keeps %s", inc.ready.model_name,
                             inc.ready.vocab_size, self.model_name)
+            self._gauges = (0, 0, inc.ready.max_num_seqs)
             with self._send_lock:
                 self._inc = inc
             self.restarts += 1

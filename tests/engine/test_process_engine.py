@@ -136,6 +136,7 @@ def test_killed_core_fails_requests_and_restarts(engines):
                 break
             await asyncio.sleep(0.05)
         assert proc.stats().healthy and proc.restarts == 1 and proc.pid != old_pid
+        assert proc.stats().num_free_slots == 4  # a fresh core reports every slot free before its first step
         tokens_before = proc.counters.generation_tokens
         toks, out = await _run(proc, PROMPT, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
         assert len(toks) == 8 and out.finish_reason == "length"
