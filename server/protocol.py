@@ -176,6 +176,9 @@ class ChatCompletionRequest(_SamplingFields):
             if m.tool_calls and role != "assistant":
                 raise BadRequestError(f"messages[{i}]: only assistant messages carry tool_calls",
                                       param=f"messages.{i}.tool_calls")
+            if role == "tool" and not m.tool_call_id:  # OpenAI: a tool result names the call it answers
+                raise BadRequestError(f"messages[{i}]: a 'tool' message needs tool_call_id (the id of the assistant's "
+                                      "tool call it answers)", param=f"messages.{i}.tool_call_id")
             if m.content is None and not m.tool_calls:
                 raise BadRequestError(f"messages[{i}].content is required", param=f"messages.{i}.content")
             if m.content is None:

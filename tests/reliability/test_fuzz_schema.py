@@ -39,6 +39,28 @@ def _schema_with_bodies(base_url: str, pin: bool) -> dict:
                 if name in props:
                     props[name] = {"type": "integer", "minimum": 1, "maximum": 32}
             props["n"] = {"type": "integer", "minimum": 1, "maximum": 4}
+            # Free-form JSON (`Any`) fields that a random value makes a 400 almost always: valid cases leave them out
+            # (tests/server/test_structured_* and test_hostile_input cover them); invalid cases still send them.
+            for name in ("tools", "tool_choice", "parallel_tool_calls", "response_format", "functions",
+                         "function_call"):
+                props.pop(name, None)
+            # Bounded sampling knobs and plain-text prompts/roles, so a valid case is valid for the engine too (a
+            # random token id is out of the tiny vocabulary, a random role is refused, min_tokens > max_tokens ...).
+            bounded = {"temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                       "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                       "min_p": {"type": "number", "minimum": 0, "maximum": 1},
+                       "top_k": {"type": "integer", "minimum": -1, "maximum": 50},
+                       "min_tokens": {"type": "integer", "minimum": 0, "maximum": 1},
+                       "prompt": {"type": "string", "minLength": 1, "maxLength": 64}}
+            bounded["messages"] = {"type": "array", "minItems": 1, "maxItems": 3, "items": {
+                "type": "object", "required": ["role", "content"], "additionalProperties": False, "properties": {
+                    "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                    "content": {"type": "string", "minLength": 1, "maxLength": 64}}}}
+            for name, sub in bounded.items():
+                if name in props:
+                    props[name] = sub
+            for name in ("stop_token_ids", "logit_bias", "suffix", "stop"):
+                props.pop(name, None)
         components[model.__name__] = body
         op = raw["paths"][path]["post"]
         op.setdefault("requestBody", {"required": True, "content": {
