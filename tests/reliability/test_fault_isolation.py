@@ -23,7 +23,10 @@ FAULT_STOP = "@@fault@@"  # detokenization fault marker
 @contextlib.asynccontextmanager
 async def serve(target):
     settings = load_settings({"model": str(target), "speculative_method": "ngram", "served_model_name": "tiny",
-                              "dtype": "float32", "device": "cpu", "max_num_seqs": 8, "max_model_len": 1024},
+                              "dtype": "float32", "device": "cpu", "max_num_seqs": 8, "max_model_len": 1024,
+                              # faults are injected by patching the engine's objects, so it runs on a thread in this
+                              # process; killing the engine process is tests/reliability/test_engine_crash.py
+                              "engine_process": False},
                              environ={})
     app = create_app(settings)
     async with app.router.lifespan_context(app):
