@@ -70,7 +70,28 @@ class RequestStream:
             self._engine.abort(self.request_id)
 
 
-class AsyncEngine:
+class Drainable:
+    """`drain()` for an engine client that counts `_in_flight` requests, keeps `_streams` by id and has `abort`."""
+
+    _draining: bool
+    _in_flight: int
+    _streams: dict
+
+    abort: Callable[[str], None]  # each engine client's own
+
+    async def drain(self, timeout: float) -> None:
+        """Stop admitting; wait for in-flight requests up to `timeout` seconds, then abort what is left."""
+        self._draining = True
+        deadline = time.monotonic() + timeout
+        while self._in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for rid in list(self._streams):
+            self.abort(rid)
+        while self._in_flight > 0 and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.02)
+
+
+class AsyncEngine(Drainable):
     def __init__(self, engine: LLMEngine, *, model_name: str, tokenizer=None):
         self.engine = engine
         self.model_name = model_name
@@ -110,17 +131,6 @@ class AsyncEngine:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-
-    async def drain(self, timeout: float) -> None:
-        """Stop admitting; wait for in-flight requests up to `timeout` seconds, then abort what is left."""
-        self._draining = True
-        deadline = time.monotonic() + timeout
-        while self._in_flight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for rid in list(self._streams):
-            self.abort(rid)
-        while self._in_flight > 0 and time.monotonic() < deadline + 5:
-            await asyncio.sleep(0.02)
 
     # -- requests --------------------------------------------------------------------------------------------------
 

@@ -22,20 +22,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 
 from engine import errors as engine_errors
-from engine.async_engine import EngineStats, RequestStream
-from engine.engine import EngineLimits, LLMEngine
+from engine.async_engine import Drainable, EngineStats, RequestStream
+from engine.core_mirror import Admission, CounterMirror
 from engine.errors import EngineStoppedError, QueueFullError
 from engine.ipc import (
     AddRequest,
     Codec,
-    CounterSnapshot,
     Fatal,
     Inbox,
     LoadFailed,
@@ -46,16 +44,11 @@ from engine.ipc import (
 )
 from engine.outputs import RequestOutput
 from engine.sampling.params import SamplingParams
-from engine.stats import EngineCounters
-from engine.structured.compiler import StructuredStats
 
 log = logging.getLogger("specserve.engine")
 
 POLL_MS = 250
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # between failed restarts
-_COUNTER_FIELDS = ("accepted_per_pos", "k_chosen", "batch_sizes", "finished")
-_INT_FIELDS = ("steps", "prompt_tokens", "generation_tokens", "spec_steps", "draft_tokens", "accepted_tokens",
-               "runner_errors", "draft_errors")
 
 
 class EngineDiedError(RuntimeError):
@@ -81,36 +74,6 @@ class ProcessRequestStream(RequestStream):
         return item
 
 
-class _Admission:
-    """What `LLMEngine.check_request` reads, without a model: the same checks (vocabulary, prompt, context length,
-    grammar compiles) run in the API process before anything is enqueued. Runner-specific checks (Neuron buckets)
-    run in the core and come back as a typed error on the stream."""
-
-    def __init__(self, ready: Ready, tokenizer):
-        from engine.structured.support import StructuredSupport
-
-        self.vocab_size = ready.vocab_size
-        self.limits = EngineLimits(ready.max_num_seqs, ready.max_queue, ready.max_num_batched_tokens,
-                                   ready.max_model_len)
-        self.runner = None  # no runner here: its own check runs in the core
-        self.structured = StructuredSupport(tokenizer, ready.vocab_size, ready.eos_token_ids)
-
-    def check(self, prompt_ids, params: SamplingParams) -> None:
-        LLMEngine.check_request(self, prompt_ids, params)  # type: ignore[arg-type]
-
-
-class _StructuredView:
-    def __init__(self) -> None:
-        self.stats = StructuredStats()
-
-
-class CoreView:
-    """`engine.engine` as the metrics read it (`.structured.stats`), mirrored from the core's messages."""
-
-    def __init__(self) -> None:
-        self.structured = _StructuredView()
-
-
 @dataclasses.dataclass
 class _Incarnation:
     """One core process and its socket pair."""
@@ -127,7 +90,7 @@ class _Incarnation:
         self.outbox.close(linger=0)
 
 
-class ProcessEngine:
+class ProcessEngine(Drainable):
     """Runs the LLMEngine in an engine-core process; see the module docstring."""
 
     def __init__(self, settings, *, restart: bool = True):
@@ -152,16 +115,15 @@ class ProcessEngine:
         self._draining = False
         self._down: str | None = None  # why the core is not serving (died, restarting, restart off)
         self.restarts = 0
-        self.counters = EngineCounters()  # totals since start, over every core incarnation
-        self._base = CounterSnapshot(0, 0, 0, 0, 0, 0, {}, {}, {}, {}, 0, None, 0, None, {})  # dead cores' totals
-        self._last = self._base
+        self._mirror = CounterMirror()
+        self.counters = self._mirror.counters  # totals since start, over every core incarnation
         self._gauges = (0, 0, 0)  # running, waiting, free slots, as of the core's last step
-        self.engine = CoreView()
+        self.engine = self._mirror.view
         self.tokenizer = None
         self.model_name = ""
         self.max_model_len = 0
         self.vocab_size = 0
-        self._admission: _Admission | None = None
+        self._admission: Admission | None = None
 
     @classmethod
     def from_settings(cls, settings) -> ProcessEngine:
@@ -177,7 +139,7 @@ class ProcessEngine:
         ready = inc.ready
         self.tokenizer = load_tokenizer(ready.tokenizer_path)
         self.model_name, self.max_model_len, self.vocab_size = ready.model_name, ready.max_model_len, ready.vocab_size
-        self._admission = _Admission(ready, self.tokenizer)
+        self._admission = Admission(ready, self.tokenizer)
         self._gauges = (0, 0, ready.max_num_seqs)  # a fresh core: every slot free until its first step says more
         self._inc = inc
         return self
@@ -207,17 +169,6 @@ class ProcessEngine:
             inc.close()
             self._inc = None
         self._close_context()
-
-    async def drain(self, timeout: float) -> None:
-        """Stop admitting; wait for in-flight requests up to `timeout` seconds, then abort what is left."""
-        self._draining = True
-        deadline = time.monotonic() + timeout
-        while self._in_flight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for rid in list(self._streams):
-            self.abort(rid)
-        while self._in_flight > 0 and time.monotonic() < deadline + 5:
-            await asyncio.sleep(0.02)
 
     @property
     def pid(self) -> int | None:
@@ -261,7 +212,7 @@ class ProcessEngine:
 
     def stats(self) -> EngineStats:
         running, waiting, free = self._gauges
-        runner_error = self._last.last_runner_error
+        runner_error = self._mirror.last.last_runner_error
         alive = self._down is None and self._inc is not None and self._thread is not None
         return EngineStats(num_running=running, num_waiting=waiting, num_free_slots=free,
                            num_slots=self._admission.limits.max_num_seqs if self._admission else 0,
@@ -373,7 +324,7 @@ class ProcessEngine:
                 inc.fatal = msg.error
 
     def _on_step(self, batch: StepBatch) -> None:
-        self._mirror(batch.counters)
+        self._mirror.update(batch.counters)
         self._gauges = (batch.num_running, batch.num_waiting, batch.num_free_slots)
         for rec in batch.records:
             for observe in self.counters.step_observers:
@@ -417,20 +368,6 @@ class ProcessEngine:
             except RuntimeError:  # that loop is closed (a test ended); nobody is reading
                 pass
 
-    def _mirror(self, snap: CounterSnapshot) -> None:
-        """Counters = dead cores' totals + this core's (so Prometheus counters never go backwards on a restart)."""
-        self._last = snap
-        c, base = self.counters, self._base
-        for name in _INT_FIELDS:
-            setattr(c, name, getattr(base, name) + getattr(snap, name))
-        for name in _COUNTER_FIELDS:  # a new object each time: scrapers copy the attribute they read
-            setattr(c, name, Counter(getattr(base, name)) + Counter(getattr(snap, name)))
-        c.last_runner_error, c.last_draft_error = snap.last_runner_error, snap.last_draft_error
-        stats = self.engine.structured.stats
-        for f in dataclasses.fields(stats):
-            total = base.structured.get(f.name, 0) + snap.structured.get(f.name, 0)
-            setattr(stats, f.name, type(f.default)(total) if isinstance(f.default, (int, float)) else total)
-
     def _on_death(self, inc: _Incarnation) -> None:
         inc.proc.join(1.0)
         reason = inc.fatal or _exit_reason(inc.proc.exitcode)
@@ -441,14 +378,7 @@ class ProcessEngine:
         self._gauges = (0, 0, self._admission.limits.max_num_seqs if self._admission else 0)
         self._fail_all(inc, self._down)
         inc.close()
-        last = self._last
-        merged = CounterSnapshot(**{f: getattr(self.counters, f) for f in _INT_FIELDS},
-                                 **{f: dict(getattr(self.counters, f)) for f in _COUNTER_FIELDS},
-                                 last_runner_error=None, last_draft_error=None,
-                                 structured={k: self._base.structured.get(k, 0) + v
-                                             for k, v in last.structured.items()})
-        self._base = merged
-        self._last = CounterSnapshot(0, 0, 0, 0, 0, 0, {}, {}, {}, {}, 0, None, 0, None, {})
+        self._mirror.retire()
 
     def _fail_all(self, inc: _Incarnation, message: str) -> None:
         """End every in-flight choice with finish_reason "error" (HTTP 500 / an SSE error event)."""
