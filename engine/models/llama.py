@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.models.config import ModelConfig
+from engine.models.invariant_attention import additive_mask, invariant_attention
 from engine.models.kv_cache import KVCache
 from engine.models.rope import RotaryEmbedding, apply_rope
 
@@ -85,6 +86,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.scale = cfg.head_dim ** -0.5
+        self.batch_invariant = False  # set by LlamaForCausalLM.make_batch_invariant
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, inp: StepInputs,
                 mask: torch.Tensor | None) -> torch.Tensor:
@@ -110,7 +112,10 @@ class Attention(nn.Module):
 
         G = H // KVH  # noqa: N806
         q = q.transpose(1, 2).reshape(B, KVH, G * S, D)  # (B, KVH, G*S, D): heads sharing a KV head, folded
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)  # (B, KVH, G*S, D)
+        if self.batch_invariant:  # mask: (B, 1, M_pad, L) additive fp32, see invariant_attention.py
+            out = invariant_attention(q, keys, values, mask, self.scale)  # (B, KVH, G*S, D)
+        else:
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
         # NOTE: reshape, not view: CUDA SDPA may return a non-contiguous layout
         out = out.reshape(B, H, S, D).transpose(1, 2).reshape(B, S, H * D)  # (B, S, H*D)
         return self.o_proj(out)
@@ -155,6 +160,14 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = RotaryEmbedding(cfg)
         self.residual_dtype: torch.dtype | None = None  # None: the weights' dtype (see keep_residual_fp32)
+        self.batch_invariant = False  # see make_batch_invariant
+
+    def make_batch_invariant(self) -> None:
+        """Attend through `invariant_attention`, so a row's logits do not depend on how many rows, queries or keys
+        share its pass. The runner must then pass a mask on every step with a context length from `pad_context`."""
+        self.batch_invariant = True
+        for layer in self.layers:
+            layer.self_attn.batch_invariant = True
 
     def keep_residual_fp32(self) -> None:
         """Run the residual stream and the norms in float32 over low-precision weights (DESIGN.md, near-ties).
@@ -182,6 +195,8 @@ class LlamaForCausalLM(nn.Module):
         group = self.config.num_heads // self.config.num_kv_heads
         if mask is not None and group > 1:
             mask = mask.repeat(1, 1, group, 1)  # (B, 1, G*S, L), matching the folded query heads
+        if self.batch_invariant:
+            mask = additive_mask(mask)  # (B, 1, M_pad, L) float32, once per step for every layer
         with sdpa_kernel(_CUDA_SDPA_BACKENDS) if x.is_cuda else contextlib.nullcontext():
             for layer in self.layers:
                 x = layer(x, cos, sin, cache, inp, mask)

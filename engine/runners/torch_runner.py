@@ -24,6 +24,7 @@ import torch
 from engine.models.compiled import CompiledStep, set_cache_dir, share_weights_copy
 from engine.models.config import ModelConfig
 from engine.models.cpu_linear import pack_cpu_bf16_linears
+from engine.models.invariant_attention import pad_context
 from engine.models.kv_cache import KVCache
 from engine.models.llama import LlamaForCausalLM, StepInputs
 from engine.models.loader import load_model
@@ -70,13 +71,18 @@ class TorchRunner:
     """Runner protocol over `LlamaForCausalLM` and a static slot KV cache."""
 
     def __init__(self, model: LlamaForCausalLM, *, max_slots: int, max_model_len: int, pack_weights: bool = True,
-                 compile: bool = False, compile_cache_dir: str | None = None):
+                 compile: bool = False, compile_cache_dir: str | None = None, batch_invariant: bool | None = None):
         """`pack_weights`: on CPU in bf16, re-lay linear weights out for oneDNN once (see cpu_linear.py); the model
         is then inference-only and its linear layers no longer expose `.weight`.
 
         `compile`: decode/verify rows (up to 8 tokens each) run through `engine/models/compiled.py`, graphs built in
         `warmup` for decode and on first use for each verify length, kept in `compile_cache_dir` across restarts;
-        prefill and anything the graphs do not cover stay eager."""
+        prefill and anything the graphs do not cover stay eager.
+
+        `batch_invariant` (None: on for bf16 on CPU without `compile`): attention through
+        `engine/models/invariant_attention.py`, so a row's logits are the same bits whatever shares its pass (decode
+        or verify, batch 1 or 64, prefill chunking). The linear layers already are on CPU (oneDNN bf16 GEMMs are
+        row-invariant); fp32 GEMMs and CUDA kernels are not, so there it stays off (equal up to numerics)."""
         cfg: ModelConfig = model.config
         if max_slots < 1 or max_model_len < 2:
             raise ValueError(f"need max_slots >= 1 and max_model_len >= 2, got {max_slots}, {max_model_len}")
@@ -87,7 +93,14 @@ class TorchRunner:
         self.cfg = cfg
         self.max_slots, self.max_model_len = max_slots, max_model_len
         model.keep_residual_fp32()  # bf16/fp16 weights, fp32 residual stream and norms (near-ties, DESIGN.md)
-        self.cache = KVCache.allocate(cfg, max_slots, max_model_len, dtype=self.dtype, device=self.device)
+        if batch_invariant is None:
+            batch_invariant = self.device.type == "cpu" and self.dtype == torch.bfloat16 and not compile
+        self.batch_invariant = batch_invariant
+        if batch_invariant:
+            model.make_batch_invariant()
+        # Invariant attention reads whole key blocks: room for max_model_len rounded up (never-written zeros, masked).
+        cache_len = pad_context(max_model_len, capacity=1 << 62) if batch_invariant else max_model_len
+        self.cache = KVCache.allocate(cfg, max_slots, cache_len, dtype=self.dtype, device=self.device)
         self._scratch = self.cache.scratch_pos
         self.compiled: CompiledStep | None = None
         if compile:
@@ -102,11 +115,12 @@ class TorchRunner:
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, max_slots: int, max_model_len: int,
                         dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
-                        compile: bool = False, compile_cache_dir: str | None = None) -> TorchRunner:
+                        compile: bool = False, compile_cache_dir: str | None = None,
+                        batch_invariant: bool | None = None) -> TorchRunner:
         dev = resolve_device(device)
         model = load_model(path_or_id, dtype=resolve_dtype(dtype, dev), device=dev)
         return cls(model, max_slots=max_slots, max_model_len=max_model_len, compile=compile,
-                   compile_cache_dir=compile_cache_dir)
+                   compile_cache_dir=compile_cache_dir, batch_invariant=batch_invariant)
 
     def info(self) -> RunnerInfo:
         return RunnerInfo(
@@ -193,6 +207,8 @@ class TorchRunner:
                 logits_idx = logits_idx.to(self.device, non_blocking=True)
         # Every query sees all of [0, L) only when each row is one token ending at L (decode at equal positions).
         needs_mask = S > 1 or any(e != L for e in ends)
+        if self.batch_invariant:  # whole key blocks, always masked (invariant_attention.py)
+            L, needs_mask = pad_context(L, self.cache.max_len), True  # noqa: N806
         mask = StepInputs.causal_mask(positions, L) if needs_mask else None
         return StepInputs(input_ids=ids, positions=positions, slot_ids=slot_ids, ctx_len=L, attn_mask=mask,
                           logits_idx=logits_idx, slot_range=(first, B) if contiguous else None)
