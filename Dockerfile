@@ -20,6 +20,7 @@ COPY pyproject.toml README.md ./
 COPY config ./config
 COPY engine ./engine
 COPY server ./server
+COPY bench ./bench
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- trn1 / inf2 with transformers-neuronx ----

@@ -43,7 +43,7 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check engine server config tests tools
+	$(BIN)/ruff check engine server config bench tests tools
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,7 +19,7 @@ from config.settings import SECTIONS
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.serve_cmd", "run the OpenAI-compatible HTTP server"),
-    "bench": ("server.bench.cli", "load generator against an OpenAI-compatible server; compare configurations"),
+    "bench": ("bench.cli", "load generator against an OpenAI-compatible server; compare configurations"),
     "neuron-smoke": ("engine.runners.neuron_smoke", "compile a tiny model on a Neuron runner and compare logits with torch"),
 }
 

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.report import machine_info  # noqa: E402
 from engine.models.loader import load_model  # noqa: E402
 from engine.runners.base import ForwardBatch  # noqa: E402
 from engine.runners.torch_runner import TorchRunner  # noqa: E402
-from server.bench.report import machine_info  # noqa: E402
 
 PROMPT_LEN = 100
 

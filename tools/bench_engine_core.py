@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.report import machine_info  # noqa: E402
+from bench.synthetic import build_random_llama, engine_for, run_to_idle  # noqa: E402
 from engine.models.hf_compat import dtype_kwarg  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
-from server.bench.report import machine_info  # noqa: E402
-from server.bench.synthetic import build_random_llama, engine_for, run_to_idle  # noqa: E402
 
 
 def prompts(b: int, seed: int, vocab: int) -> list[list[int]]:

@@ -15,10 +15,10 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.bench.compare import Server, free_port  # noqa: E402
-from server.bench.datasets import load_dataset  # noqa: E402
-from server.bench.loadgen import RequestSpec, run_load  # noqa: E402
-from server.bench.report import machine_info  # noqa: E402
+from bench.compare import Server, free_port  # noqa: E402
+from bench.datasets import load_dataset  # noqa: E402
+from bench.loadgen import RequestSpec, run_load  # noqa: E402
+from bench.report import machine_info  # noqa: E402
 
 
 def ttfts(base_url: str, items: list[dict], n: int, total: int) -> list[float]:

@@ -21,11 +21,11 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.bench.compare import Server, free_port  # noqa: E402
-from server.bench.datasets import load_dataset  # noqa: E402
-from server.bench.loadgen import RequestSpec, run_load  # noqa: E402
-from server.bench.report import machine_info  # noqa: E402
-from server.bench.synthetic import build_random_llama, drive_in_process, engine_for  # noqa: E402
+from bench.compare import Server, free_port  # noqa: E402
+from bench.datasets import load_dataset  # noqa: E402
+from bench.loadgen import RequestSpec, run_load  # noqa: E402
+from bench.report import machine_info  # noqa: E402
+from bench.synthetic import build_random_llama, drive_in_process, engine_for  # noqa: E402
 
 
 def over_http(base_url: str, items: list[dict], n: int, conc: int, total: int) -> float:

@@ -1,7 +1,7 @@
 """Issue 3: what speculation buys, in-process, on two model pairs.
 
 Pairs: `demo` = the bundled demo pair (engine/demo_pair) on held-out code prompts; `synthetic` = a random-init target
-whose batch-1 decode is memory-bound, with a draft built to agree with it (server/bench/synthetic.py: target = the
+whose batch-1 decode is memory-bound, with a draft built to agree with it (bench/synthetic.py: target = the
 draft's layers + extra layers whose residual contributions are scaled by --scale; random prompts).
 
 Per pair, all greedy, EOS ignored, same dtype everywhere:
@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.report import machine_info  # noqa: E402
+from bench.synthetic import build_agreeing_pair, drive_in_process, engine_for  # noqa: E402
 from engine.runners.base import ForwardBatch  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
 from engine.spec.policy import expected_tokens  # noqa: E402
-from server.bench.report import machine_info  # noqa: E402
-from server.bench.synthetic import build_agreeing_pair, drive_in_process, engine_for  # noqa: E402
 
 CONFIGS = ("k0", "static", "adaptive")
 
@@ -184,7 +184,7 @@ def hf_assisted(target: Path, draft: Path, prompts: list[list[int]], args) -> di
 
 def pair_prompts(kind: str, tokenizer, args) -> list[list[int]]:
     if kind == "demo":
-        from server.bench.datasets import load_dataset
+        from bench.datasets import load_dataset
 
         return [tokenizer.encode(r["prompt"])[-args.prompt_len:] for r in load_dataset("code")[:args.num_prompts]]
     g = torch.Generator().manual_seed(0)

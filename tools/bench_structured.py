@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.bench.datasets import load_dataset  # noqa: E402
-from server.bench.loadgen import RequestSpec, run_load  # noqa: E402
-from server.bench.stats import summarize  # noqa: E402
+from bench.datasets import load_dataset  # noqa: E402
+from bench.loadgen import RequestSpec, run_load  # noqa: E402
+from bench.stats import summarize  # noqa: E402
 
 SCHEMA = {
     "type": "object",

@@ -175,7 +175,7 @@ def run_floor() -> dict:
     """Every .py file of the distribution and tools compiles under 3.10 and 3.12 (warnings as errors); vermin finds
     nothing newer than 3.10 in the packages the containers import."""
     t0 = time.monotonic()
-    files = [str(p) for pkg in ("engine", "server", "config", "tools") for p in sorted((ROOT / pkg).rglob("*.py"))]
+    files = [str(p) for pkg in ("engine", "server", "config", "bench", "tools") for p in sorted((ROOT / pkg).rglob("*.py"))]
     result: dict = {"job": "floor", "files": len(files)}
     ok = True
     for ver, exe in FLOOR_PYTHONS.items():
@@ -188,7 +188,7 @@ def run_floor() -> dict:
         ok &= out.returncode == 0
     vermin = shutil.which("vermin", path=str(Path(sys.executable).parent)) or shutil.which("vermin")
     out = subprocess.run([vermin or "vermin", "--target=3.10-", "--violations", "--no-tips", "--eval-annotations",
-                          "--no-parse-comments", "engine", "server", "config"], capture_output=True, text=True, cwd=ROOT)
+                          "--no-parse-comments", "engine", "server", "config", "bench"], capture_output=True, text=True, cwd=ROOT)
     result["vermin_3.10"] = "ok" if out.returncode == 0 else (out.stdout + out.stderr).strip()[-2000:]
     ok &= out.returncode == 0
     print(f"== floor: {json.dumps(result)}", flush=True)

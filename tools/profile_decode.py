@@ -31,9 +31,9 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 
 import engine.engine as engine_mod  # noqa: E402
 import engine.models.llama as llama_mod  # noqa: E402
+from bench.report import machine_info  # noqa: E402
+from bench.synthetic import engine_for  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
-from server.bench.report import machine_info  # noqa: E402
-from server.bench.synthetic import engine_for  # noqa: E402
 
 LABELS = ("step", "pack", "embed", "rope_tables", "norm", "attn", "rope", "mlp", "head", "sampling")
 

@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 def _bench_prompts() -> set[str]:
     """User turns of every bundled benchmark set (training must not see them)."""
     out = set()
-    for f in (Path(__file__).resolve().parents[1] / "server/bench/data").glob("*.jsonl"):
+    for f in (Path(__file__).resolve().parents[1] / "bench/data").glob("*.jsonl"):
         for line in f.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from server.bench.cli import level_name
-from server.bench.loadgen import error_text
+from bench.cli import level_name
+from bench.loadgen import error_text
 from tests.helpers.tiny_models import make_tiny_pair
 from tests.server.server_proc import ServerProcess
 
@@ -104,7 +104,7 @@ def test_help_shows_defaults_and_describes_every_flag():
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     assert "(default: 1,4,16)" in text and "(default: 32)" in text and "(default: 0.0)" in text
-    from server.bench import cli as bench_cli
+    from bench import cli as bench_cli
     from server.cli import build_parser
 
     parser = build_parser(["bench"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from server.bench.cli import add_arguments, request_spec
-from server.bench.loadgen import request_body
+from bench.cli import add_arguments, request_spec
+from bench.loadgen import request_body
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.bench.compare import level_winners, winner_lines
+from bench.compare import level_winners, winner_lines
 
 
 def run(config: str, c: int, tput: float) -> dict:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server.bench import compare
-from server.bench.peer_llamacpp import REQUEST_EXTRA, PeerUnavailable, bf16_gguf, llamacpp_command
+from bench import compare
+from bench.peer_llamacpp import REQUEST_EXTRA, PeerUnavailable, bf16_gguf, llamacpp_command
 
 
 def _args(**kw) -> argparse.Namespace:

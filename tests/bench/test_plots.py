@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from server.bench.report import plot_figures, plot_runs  # noqa: E402
-from server.bench.stats import RequestResult, summarize  # noqa: E402
+from bench.report import plot_figures, plot_runs  # noqa: E402
+from bench.stats import RequestResult, summarize  # noqa: E402
 
 LEVELS = (1, 4, 16)
 

@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from server.bench.compare import compare_ratios
-from server.bench.loadgen import RequestSpec, poisson_arrivals, request_body
-from server.bench.report import SCHEMA, document, markdown_table, plot_runs
-from server.bench.stats import RequestResult, itl_per_token, percentile, spread, summarize
+from bench.compare import compare_ratios
+from bench.loadgen import RequestSpec, poisson_arrivals, request_body
+from bench.report import SCHEMA, document, markdown_table, plot_runs
+from bench.stats import RequestResult, itl_per_token, percentile, spread, summarize
 
 
 def test_itl_splits_multi_token_chunks_evenly():

@@ -95,7 +95,7 @@ def test_env_in_dockerfile_are_settings():
 def test_dockerignore_keeps_what_the_build_copies():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    copied = {"pyproject.toml", "README.md", "config", "engine", "server"}
+    copied = {"pyproject.toml", "README.md", "config", "engine", "server", "bench"}
     assert not copied & ignored
     assert "!deploy/constraints/pip_constraints.py" in ignored  # re-included from the ignored deploy/
     assert {".git", ".venv", "tests"} <= ignored

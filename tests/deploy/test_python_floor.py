@@ -1,4 +1,4 @@
-"""Python 3.10 floor (the transformers-neuronx container runs Python 3.10): nothing under engine/, server/, config/
+"""Python 3.10 floor (the transformers-neuronx container runs Python 3.10): nothing under engine/, server/, config/, bench/
 needs a newer interpreter. vermin checks statically everywhere; a pyenv 3.10 interpreter, where present, also compiles
 every file."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["engine", "server", "config"]
+PACKAGES = ["engine", "server", "config", "bench"]
 PY310 = Path("/root/.pyenv/versions/3.10.13/bin/python")
 
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from server.bench.datasets import load_dataset
+from bench.datasets import load_dataset
 from tests.server.conftest import API_KEY, MODEL
 
 

@@ -13,7 +13,7 @@ Configurations (`--configs`):
   static-draft    specserve, draft proposer, --speculative-policy static (always K)
   static-ngram    specserve, n-gram proposer, --speculative-policy static
   hf-serve        `transformers serve --continuous-batching` on the target (needs `accelerate`, see --help)
-  llama-cpp       llama.cpp `llama-server` on the target's weights as BF16 GGUF (server/bench/peer_llamacpp.py)
+  llama-cpp       llama.cpp `llama-server` on the target's weights as BF16 GGUF (bench/peer_llamacpp.py)
 Plus, unless --hf-assisted 0: Hugging Face assisted generation in-process at batch 1
 (`model.generate(assistant_model=draft)`) and plain `generate`, on the same prompts and the same dtype.
 """
@@ -36,11 +36,11 @@ from typing import Any
 
 import httpx
 
-from server.bench.cli import first_model, request_spec, settings_of, sweep, write_outputs
-from server.bench.loadgen import run_load
-from server.bench.report import document
+from bench.cli import first_model, request_spec, settings_of, sweep, write_outputs
+from bench.loadgen import run_load
+from bench.report import document
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 _LISTENING = re.compile(r"specserve listening on (http://\S+)")
 
 
@@ -136,7 +136,7 @@ def server_for(name: str, target: str, draft: str | None, args: argparse.Namespa
             env["PYTHONPATH"] = args.hf_serve_pythonpath
         return Server(name, cmd, env=env, port=port)
     if name == "llama-cpp":  # the CPU peer; skipped with one line when llama-server is missing
-        from server.bench.peer_llamacpp import llamacpp_command
+        from bench.peer_llamacpp import llamacpp_command
 
         return Server(name, llamacpp_command(target, port, args), port=port)
     if name not in flags:
@@ -229,13 +229,13 @@ async def _interleaved(servers: list[Server], items: list[dict[str, Any]], args:
         if s.name == "hf-serve":  # transformers serve answers 422 to unknown fields; outputs may stop at EOS
             specs[s.name].control_length = False
         if s.name == "llama-cpp":  # no free prefills from llama.cpp's prompt cache (docs/PEERS.md)
-            from server.bench.peer_llamacpp import REQUEST_EXTRA
+            from bench.peer_llamacpp import REQUEST_EXTRA
 
             specs[s.name].extra = dict(REQUEST_EXTRA)
         await sweep(s.base_url, items, specs[s.name], args, s.name, levels=[])  # warm-up once per server
     runs = []
     rot = 0
-    from server.bench.cli import sweep_levels
+    from bench.cli import sweep_levels
 
     for level in sweep_levels(args):
         conc = level[0] or 4

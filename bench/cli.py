@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.bench.datasets import load_dataset
-from server.bench.loadgen import RequestSpec, error_text, make_client, run_load
-from server.bench.report import document, markdown_table, plot_runs
-from server.bench.stats import RequestResult, summarize
+from bench.datasets import load_dataset
+from bench.loadgen import RequestSpec, error_text, make_client, run_load
+from bench.report import document, markdown_table, plot_runs
+from bench.stats import RequestResult, summarize
 
 
 class BenchError(RuntimeError):
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.mode == "compare":
-            from server.bench.compare import run_compare
+            from bench.compare import run_compare
 
             return run_compare(args, items)
         served = list_models(args.base_url, args.api_key)  # fails fast, in one line, when nothing listens there

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from server.bench.stats import RequestResult
+from bench.stats import RequestResult
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Prompt sets for the load generator: bundled JSONL files, or any user JSONL file.
 
 A record is `{"prompt": str}` (sent to /v1/completions) or `{"messages": [...]}` (sent to /v1/chat/completions), with
-an optional `"max_tokens"` overriding the run's. Bundled sets (`server/bench/data/`), rebuilt by
-`python -m server.bench.datasets` with fixed rules (no randomness, so the files are reproducible on the same Python):
+an optional `"max_tokens"` overriding the run's. Bundled sets (`bench/data/`), rebuilt by
+`python -m bench.datasets` with fixed rules (no randomness, so the files are reproducible on the same Python):
 
 - `code`: code-completion prompts from the demo pair's *held-out* corpus: the Python standard library files with
   sha256(relative path) mod 50 == 0 (`tools/train_demo_pair.py` never trains on them). Each prompt is the 8 lines up to

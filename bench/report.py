@@ -186,7 +186,7 @@ def plot_runs(runs: list[dict[str, Any]], out_prefix: str | Path, title: str = "
     return paths
 
 
-if __name__ == "__main__":  # re-plot a saved run: python -m server.bench.report FILE.json [TITLE]
+if __name__ == "__main__":  # re-plot a saved run: python -m bench.report FILE.json [TITLE]
     doc = json.loads(Path(sys.argv[1]).read_text())
     for path in plot_runs(doc["runs"], Path(sys.argv[1]).with_suffix(""), sys.argv[2] if len(sys.argv) > 2 else ""):
         print(path)
