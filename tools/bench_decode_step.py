@@ -4,6 +4,10 @@ Configurations, all bf16 weights with the fp32 residual stream:
   eager-unpacked-head   eager, the tied head left as a plain nn.Linear (the behaviour before issue 20)
   eager                 eager, every linear packed for oneDNN (the default)
   compiled              --torch-compile: inductor graphs (freezing) for decode, one per batch bucket family
+  eager-sdpa            eager with SDPA attention instead of the batch-invariant attention (the default before
+                        issue 15; what the invariance costs)
+
+`--tokens-per-row 5` times verify rows (the last token + 4 drafts) instead of decode rows.
 
 Each cell (config, threads, batch) runs `--steps` decode steps over B slots prefilled with a 100-token prompt, at the
 same positions every round, and keeps the median step; rounds interleave configs and threads (order rotated), and the
@@ -39,7 +43,7 @@ def build(config: str, model_dir: str, slots: int, cache_dir: str) -> tuple[Torc
     t0 = time.monotonic()
     model = load_model(model_dir, dtype=torch.bfloat16)
     runner = TorchRunner(model, max_slots=slots, max_model_len=1024, compile=config == "compiled",
-                         compile_cache_dir=cache_dir)
+                         compile_cache_dir=cache_dir, batch_invariant=False if config == "eager-sdpa" else None)
     if config == "eager-unpacked-head" and model.config.tie_word_embeddings:
         head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
         head.weight = model.embed_tokens.weight
@@ -51,10 +55,11 @@ def build(config: str, model_dir: str, slots: int, cache_dir: str) -> tuple[Torc
     return runner, time.monotonic() - t0
 
 
-def cell(runner: TorchRunner, b: int, steps: int) -> tuple[float, list[int]]:
+def cell(runner: TorchRunner, b: int, steps: int, per_row: int = 1) -> tuple[float, list[int]]:
     times, tokens = [], []
     for i in range(steps):
-        batch = ForwardBatch(list(range(b)), [[11 + i]] * b, [PROMPT_LEN + i] * b, [1] * b)
+        row = [11 + i + j for j in range(per_row)]
+        batch = ForwardBatch(list(range(b)), [row] * b, [PROMPT_LEN + i * per_row] * b, [per_row] * b)
         t = time.perf_counter()
         logits = runner.execute(batch)
         tokens.append(int(logits[0].argmax()))  # the host sync a real step does
@@ -70,6 +75,7 @@ def main() -> None:
     ap.add_argument("--batch", default="1,16")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--tokens-per-row", type=int, default=1, help="1: decode rows; 1 + K: verify rows")
     ap.add_argument("--cache-dir", default="/tmp/specserve-inductor-bench")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -87,7 +93,7 @@ def main() -> None:
             torch.set_num_threads(t)
             for c in configs[r % len(configs):] + configs[:r % len(configs)]:
                 for b in batches:
-                    ms, toks = cell(runners[c], b, args.steps)
+                    ms, toks = cell(runners[c], b, args.steps, args.tokens_per_row)
                     key = f"{c}/t{t}/b{b}"
                     cells.setdefault(key, []).append(round(ms, 3))
                     tokens[key] = toks

@@ -11,7 +11,7 @@ test_batch_invariance.py checks the whole model):
   masked, so longer contexts only append whole blocks of exact zeros to each reduction over keys;
 - scores are an fp32 GEMM over bf16-exact inputs (the products are exact in fp32); the GEMM's reduction over the head
   dimension is the same for every row once the query rows number at least `MIN_QUERY_ROWS` (small-M GEMMs take a
-  different kernel), so the query rows are zero-padded up to a multiple of it;
+  different kernel), so fewer query rows are zero-padded up to it; scale and mask ride in the same GEMM (baddbmm);
 - softmax in fp32 over the padded row (masked entries are exp(-inf) = 0 exactly);
 - probabilities rounded to the value dtype, then a bf16 GEMM with V (oneDNN's bf16 GEMMs are row-invariant at every M).
 This matches SDPA's own bf16 numerics (fp32 scores and softmax, bf16 probabilities times V).
@@ -31,24 +31,27 @@ def pad_context(length: int, capacity: int) -> int:
     return min(-(-length // KEY_BLOCK) * KEY_BLOCK, capacity)
 
 
-def additive_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, 1, M, L) bool (True = attend) -> (B, 1, M_pad, L) float32 of 0 / -inf, M_pad = M rounded up to a multiple
-    of MIN_QUERY_ROWS. Built once per step; the padded query rows attend everything (their output is dropped)."""
+def additive_mask(mask: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """(B, 1, M, L) bool (True = attend) -> (B * kv_heads, M_pad, L) float32 of 0 / -inf, M_pad = max(M,
+    MIN_QUERY_ROWS). Built once per step for every layer; padded query rows attend everything (their output is
+    dropped), so no softmax row is all -inf."""
     B, _, M, L = mask.shape  # noqa: N806
-    pad_rows = -(-M // MIN_QUERY_ROWS) * MIN_QUERY_ROWS - M
-    add = torch.zeros(B, 1, M + pad_rows, L, dtype=torch.float32, device=mask.device)
+    add = torch.zeros(B, kv_heads, max(M, MIN_QUERY_ROWS), L, dtype=torch.float32, device=mask.device)
     add[:, :, :M].masked_fill_(~mask, float("-inf"))
-    return add
+    return add.view(B * kv_heads, -1, L)
 
 
 def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask_add: torch.Tensor,
                         scale: float) -> torch.Tensor:
-    """q (B, H, M, D); keys/values (B, H, L, D), L a multiple of KEY_BLOCK; mask_add (B, 1, M_pad, L) from
+    """q (B, H, M, D); keys/values (B, H, L, D), L a multiple of KEY_BLOCK; mask_add (B * H, M_pad, L) from
     `additive_mask`. Returns (B, H, M, D) in the values' dtype."""
-    M = q.shape[2]  # noqa: N806
-    m_pad = mask_add.shape[2]
-    qf = F.pad(q.float(), (0, 0, 0, m_pad - M)) if m_pad != M else q.float()  # (B, H, M_pad, D)
-    scores = torch.matmul(qf, keys.float().transpose(-1, -2))  # (B, H, M_pad, L) fp32
-    scores = scores.mul_(scale).add_(mask_add)
-    probs = torch.softmax(scores[:, :, :M], dim=-1).to(values.dtype)  # (B, H, M, L)
+    B, H, M, D = q.shape  # noqa: N806
+    m_pad, L = mask_add.shape[1], keys.shape[2]  # noqa: N806
+    qf = q.float()
+    if m_pad != M:
+        qf = F.pad(qf, (0, 0, 0, m_pad - M))  # (B, H, M_pad, D), zero rows
+    kf = keys.float().view(B * H, L, D)  # a contiguous copy of the (strided) cache slice
+    # one GEMM for scores * scale + mask; equal to matmul-then-scale bit for bit (checked on this CPU)
+    scores = torch.baddbmm(mask_add, qf.view(B * H, m_pad, D), kf.transpose(1, 2), alpha=scale)  # (B*H, M_pad, L)
+    probs = torch.softmax(scores[:, :M], dim=-1).to(values.dtype).view(B, H, M, L)
     return torch.matmul(probs, values)  # (B, H, M, D)

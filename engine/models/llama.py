@@ -112,7 +112,7 @@ class Attention(nn.Module):
 
         G = H // KVH  # noqa: N806
         q = q.transpose(1, 2).reshape(B, KVH, G * S, D)  # (B, KVH, G*S, D): heads sharing a KV head, folded
-        if self.batch_invariant:  # mask: (B, 1, M_pad, L) additive fp32, see invariant_attention.py
+        if self.batch_invariant:  # mask: (B * KVH, M_pad, L) additive fp32, see invariant_attention.py
             out = invariant_attention(q, keys, values, mask, self.scale)  # (B, KVH, G*S, D)
         else:
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
@@ -196,7 +196,7 @@ class LlamaForCausalLM(nn.Module):
         if mask is not None and group > 1:
             mask = mask.repeat(1, 1, group, 1)  # (B, 1, G*S, L), matching the folded query heads
         if self.batch_invariant:
-            mask = additive_mask(mask)  # (B, 1, M_pad, L) float32, once per step for every layer
+            mask = additive_mask(mask, self.config.num_kv_heads)  # (B*KVH, M_pad, L) fp32, once for every layer
         with sdpa_kernel(_CUDA_SDPA_BACKENDS) if x.is_cuda else contextlib.nullcontext():
             for layer in self.layers:
                 x = layer(x, cos, sin, cache, inp, mask)

@@ -107,3 +107,22 @@ def test_invariant_by_default_for_bf16_on_cpu_only():
     assert not TorchRunner(LlamaForCausalLM(cfg), max_slots=1, max_model_len=70).batch_invariant  # fp32
     runner = TorchRunner(LlamaForCausalLM(cfg).to(torch.bfloat16), max_slots=1, max_model_len=70)
     assert runner.cache.max_len == 128  # room for whole key blocks: 70 rounded up to 2 x 64
+
+
+def test_invariant_attention_computes_attention():
+    """Against SDPA on the same bf16 inputs, causal verify rows and a padded context: equal to bf16 rounding."""
+    import torch.nn.functional as F
+
+    from engine.models.invariant_attention import additive_mask, invariant_attention, pad_context
+
+    gen = torch.Generator().manual_seed(3)
+    B, H, S, D, real = 3, 2, 5, 64, 90  # noqa: N806
+    L = pad_context(real, 1024)  # noqa: N806
+    q, k, v = (torch.randn(B, H, S, D, generator=gen).bfloat16(), torch.randn(B, H, L, D, generator=gen).bfloat16(),
+               torch.randn(B, H, L, D, generator=gen).bfloat16())
+    pos = torch.arange(real - S, real)
+    mask = (torch.arange(L)[None, :] <= pos[:, None])[None, None].expand(B, 1, S, L)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=D ** -0.5).float()
+    got = invariant_attention(q, k, v, additive_mask(mask, H), D ** -0.5).float()
+    assert L == 128 and got.shape == (B, H, S, D)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
