@@ -1,4 +1,5 @@
-"""What speculation must never change, checked end to end on the tiny pair (fp32, torch runner):
+"""What speculation must never change, checked end to end on the tiny pair (torch runner; fp32, and bf16 where the
+batch-composition test runs through the batch-invariant attention):
 
 - greedy tokens and seeded samples are the same whatever the batch around the request;
 - a stop string completed inside an accepted run cuts the text there, and only delivered drafts count as accepted;
@@ -42,16 +43,17 @@ def run_in_batch(eng, n_mates: int) -> tuple[list[int], list[int]]:
     return tokens_of(outs["greedy"]), tokens_of(outs["seeded"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("method, policy", [("draft", "adaptive"), ("ngram", "adaptive"), ("draft", "static")])
-def test_greedy_and_seeded_outputs_do_not_depend_on_batch_composition(tiny_pair, method, policy):
+def test_greedy_and_seeded_outputs_do_not_depend_on_batch_composition(tiny_pair, method, policy, dtype):
     target, draft = tiny_pair
-    plain = make_engine(target, **LIMITS)
+    plain = make_engine(target, dtype=dtype, **LIMITS)
     plain.add_request("greedy", plain.tokenizer.encode(PROMPT), greedy(20, ignore_eos=True))
     want_greedy = tokens_of(run_all(plain)["greedy"])
 
     results = {}
     for n_mates in (0, 3, 7):
-        eng = make_engine(target, method=method, draft=draft if method == "draft" else None,
+        eng = make_engine(target, method=method, draft=draft if method == "draft" else None, dtype=dtype,
                           num_speculative_tokens=K, speculative_policy=policy, **LIMITS)
         results[n_mates] = run_in_batch(eng, n_mates)
         assert eng.counters.draft_tokens > 0
