@@ -1,7 +1,10 @@
-"""The synchronous engine: one `step()` = schedule -> propose -> runner.execute -> select tokens -> update.
+"""The synchronous engine: one `step()` = schedule -> propose -> execute -> select -> update -> outputs.
 
-It owns the scheduler, the target runner, the optional proposer and speculation policy, and the tokenizer for
-incremental detokenization. It is driven by one thread (`engine.async_engine`); nothing here is thread-safe.
+Each stage has its own home: `Scheduler.schedule` / `Scheduler.update` (counters, slots), the proposer (drafts), the
+runner (logits), `select_tokens` (sampling and rejection sampling), `OutputProcessor` (stop checks, detokenization,
+`RequestOutput`s). The engine wires them and isolates faults: a runner failure fails that step's sequences, a
+proposer failure costs the step its drafts, a selection failure fails only the request that caused it. It is
+driven by one thread (`engine.async_engine`, `engine.core_process`); nothing here is thread-safe.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ import logging
 import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import InvalidRequestError, PromptTooLongError, QueueFullError
+from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.runners.base import ForwardBatch, Runner
 from engine.sampling.params import SamplingParams
@@ -63,10 +67,10 @@ class LLMEngine:
         self.structured = StructuredSupport(tokenizer, info.vocab_size, eos_token_ids, info.allowed_k)
         self.proposer = self.structured.wrap_proposer(proposer)
         self.policy = policy
-        self.scheduler = Scheduler(limits.max_num_seqs, limits.max_queue, limits.max_num_batched_tokens)
+        self.scheduler = Scheduler(limits.max_num_seqs, limits.max_queue, limits.max_num_batched_tokens,
+                                   release=self._release)
         self.counters = EngineCounters()
-        self._detok: dict[Sequence, IncrementalDetokenizer] = {}
-        self._finished_pending: list[Sequence] = []  # finished since the last output collection
+        self.output = OutputProcessor(tokenizer, eos_token_ids, self.counters)
 
     # -- requests --------------------------------------------------------------------------------------------------
 
@@ -122,18 +126,17 @@ class LLMEngine:
                 generator=gen, arrival_time=arrival,
             )
             self.structured.attach(seq)
-            self._detok[seq] = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)
+            self.output.add(seq)
             self.scheduler.add(seq)
             seqs.append(seq)
         self.counters.prompt_tokens += len(prompt_ids) * params.n
         return seqs
 
     def abort(self, request_id: str) -> None:
-        for seq in self.scheduler.find(request_id):
-            self._finish(seq, "abort")
+        self.scheduler.abort(request_id)
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work() or bool(self._finished_pending)
+        return self.scheduler.has_work() or bool(self.scheduler.finished)
 
     @property
     def num_running(self) -> int:
@@ -150,48 +153,26 @@ class LLMEngine:
     # -- one step --------------------------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        spec_on = self.proposer is not None and self.policy is not None
-        sched = self.scheduler.schedule(self._choose_k if spec_on else no_speculation)
+        speculating = self.proposer is not None and self.policy is not None
+        sched = self.scheduler.schedule(self._choose_k if speculating else no_speculation)
         if not sched.rows:
-            return self._collect([])
+            return self._outputs([])
         t0 = time.perf_counter()
-
         draft_probs = self._propose([r for r in sched.rows if r.max_draft > 0])
-        rows = sched.rows
-        num_prefill_tokens = sum(r.num_new for r in rows if r.is_prefill)
-        batch = ForwardBatch(
-            slot_ids=[r.seq.slot for r in rows],
-            token_ids=[r.seq.uncomputed_ids(r.num_new) + r.seq.draft_ids for r in rows],
-            start_pos=[r.seq.num_computed for r in rows],
-            num_logits=[len(r.seq.draft_ids) + 1 if r.is_last_chunk else 0 for r in rows],
-            live_slots=[s.slot for s in self.scheduler.running],
-        )
-        try:
-            logits = self.runner.execute(batch)  # (total_logits, V)
-        except Exception as e:  # a runner failure fails this step's sequences, not the process
-            log.exception("runner failed")
-            self.counters.runner_errors += 1
-            self.counters.last_runner_error = f"{type(e).__name__}: {e}"
-            for r in rows:
-                self._finish(r.seq, "error", error=f"model runner failed: {type(e).__name__}")
-            return self._collect([r.seq for r in rows])
-
-        for r in rows:
-            r.seq.num_computed += r.num_new
-        sampled = [r for r in rows if r.is_last_chunk]
+        logits = self._execute(sched.rows)  # (total_logits, V), or None: the runner failed and so did these rows
+        if logits is None:
+            return self._outputs(sched.seqs)
+        sampled = sched.sampled
         drafted = [len(r.seq.draft_ids) for r in sampled]
         selections = self._select(logits, sampled, draft_probs)
-        now = time.monotonic()
-        delivered = []  # tokens each sampled row delivered: a stop inside an accepted run throws the rest away
         for r, sel in zip(sampled, selections, strict=True):
-            n_out = len(r.seq.output_ids)
             if sel is not None:
-                self._apply(r.seq, sel, now)
-                # "Accepted" in usage, metrics and the realized rate means accepted *and delivered*.
-                r.seq.spec.accepted_tokens += min(sel.num_accepted, len(r.seq.output_ids) - n_out)
-            delivered.append(len(r.seq.output_ids) - n_out)
-        self._record_step(num_prefill_tokens, drafted, selections, delivered, time.perf_counter() - t0)
-        return self._collect([r.seq for r in rows])
+                self._verified(r.seq, sel)
+        delivered = self.scheduler.update(sched, selections, partial(self.output.check_token, now=time.monotonic()))
+        verified = [s.num_accepted if s is not None else 0 for s in selections]
+        num_prefill = sum(r.num_new for r in sched.rows if r.is_prefill)
+        self._record(StepRecord.measured(num_prefill, drafted, verified, delivered, time.perf_counter() - t0))
+        return self._outputs(sched.seqs)
 
     def _choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
         # The policy prices the whole step: these rows and the prompt tokens that will be prefilled beside them.
@@ -216,6 +197,24 @@ class LLMEngine:
             return {}
         return dict(zip(seqs, probs, strict=True))
 
+    def _execute(self, rows: list[ScheduledRow]) -> torch.Tensor | None:
+        batch = ForwardBatch(
+            slot_ids=[r.seq.slot for r in rows],
+            token_ids=[r.seq.uncomputed_ids(r.num_new) + r.seq.draft_ids for r in rows],
+            start_pos=[r.seq.num_computed for r in rows],
+            num_logits=[len(r.seq.draft_ids) + 1 if r.is_last_chunk else 0 for r in rows],
+            live_slots=[s.slot for s in self.scheduler.running],
+        )
+        try:
+            return self.runner.execute(batch)
+        except Exception as e:  # a runner failure fails this step's sequences, not the process
+            log.exception("runner failed")
+            self.counters.runner_errors += 1
+            self.counters.last_runner_error = f"{type(e).__name__}: {e}"
+            for r in rows:
+                self.scheduler.finish(r.seq, "error", error=f"model runner failed: {type(e).__name__}")
+            return None
+
     def _select(self, logits: torch.Tensor, rows: list[ScheduledRow],
                 draft_probs: dict[Sequence, torch.Tensor | None]) -> list[Selection | None]:
         """Batched selection; if it raises, retry row by row so one bad request fails alone."""
@@ -234,12 +233,13 @@ class LLMEngine:
             try:
                 out.append(select_tokens(block, [seq], [d], [p])[0])
             except Exception as e:
-                self._finish(seq, "error", error=f"sampling failed: {type(e).__name__}: {e}")
+                self.scheduler.finish(seq, "error", error=f"sampling failed: {type(e).__name__}: {e}")
                 out.append(None)
         return out
 
-    def _apply(self, seq: Sequence, sel: Selection, now: float) -> None:
-        """Append the emitted tokens one by one, cutting the run at the first stop; roll back rejected drafts."""
+    def _verified(self, seq: Sequence, sel: Selection) -> None:
+        """Speculation and grammar bookkeeping of one row, before its tokens are appended (the draft cache rolls
+        back from the pre-step length)."""
         num_draft = len(seq.draft_ids)
         if num_draft:
             seq.spec.draft_tokens += num_draft
@@ -247,91 +247,19 @@ class LLMEngine:
                 record_verify(seq, num_draft, sel.num_accepted)
             if self.proposer is not None:
                 self.proposer.on_verified(seq, sel.num_accepted)
-        seq.spec.target_passes += 1
-        # KV of the accepted drafts is valid; positions past them hold rejected drafts and get overwritten later.
-        seq.num_computed += sel.num_accepted
-        seq.draft_ids = []
         if seq.grammar is not None and (err := self.structured.on_emitted(seq, sel.token_ids, sel.num_accepted)):
-            self._finish(seq, "error", error=err)
-            return
-        detok = self._detok[seq]
-        p = seq.params
-        for j, tok in enumerate(sel.token_ids):
-            seq.output_ids.append(tok)
-            seq.new_token_ids.append(tok)
-            seq.new_token_times.append(now)
-            if sel.logprobs is not None:
-                seq.new_logprobs.append(sel.logprobs[j])
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-            n_out = len(seq.output_ids)
-            try:
-                stop_str = detok.add_token(tok, check_stop=n_out >= p.min_tokens)
-            except Exception as e:
-                self._finish(seq, "error", error=f"detokenization failed: {type(e).__name__}: {e}")
-                return
-            if tok in seq.stop_token_ids and n_out >= p.min_tokens:
-                self._finish(seq, "stop", stop_reason=None if tok in self.eos_token_ids else tok)
-            elif stop_str is not None:
-                self._finish(seq, "stop", stop_reason=stop_str)
-            elif seq.num_tokens >= seq.max_total_len:
-                self._finish(seq, "length")
-            if seq.is_finished:
-                return
-        seq.new_text += detok.take_delta(final=False)
+            self.scheduler.finish(seq, "error", error=err)
 
-    def _finish(self, seq: Sequence, reason: str, stop_reason: str | int | None = None,
-                error: str | None = None) -> None:
-        if seq.is_finished:
-            return
-        if self.proposer is not None:
-            self.proposer.release(seq)  # while seq.slot still names the slot
-        slot = seq.slot
-        self.scheduler.finish(seq, reason, stop_reason)
-        seq.error = error
-        if slot is not None:
-            self.runner.release_slot(slot)
-        detok = self._detok.pop(seq, None)
-        if detok is not None and reason != "error":
-            seq.new_text += detok.take_delta(final=True)
-        self.counters.count_finish(reason)
-        self._finished_pending.append(seq)
-
-    def _collect(self, seqs: list[Sequence]) -> list[RequestOutput]:
-        """One output per sequence with something new; a finished sequence reports its end exactly once."""
-        out = []
-        for seq in dict.fromkeys(seqs + self._finished_pending):  # dedupe, keep order
-            if seq.final_sent:
-                continue
-            if seq.new_token_ids or seq.new_text or seq.is_finished:
-                out.append(self._output(seq))
-                seq.final_sent = seq.is_finished
-        self._finished_pending = []
-        return out
-
-    def _output(self, seq: Sequence) -> RequestOutput:
-        ids, text, lps, times = seq.take_delta()
-        return RequestOutput(
-            request_id=seq.request_id, index=seq.index, token_ids=ids, text=text,
-            logprobs=lps if seq.params.logprobs is not None else None, finished=seq.is_finished,
-            finish_reason=seq.finish_reason, stop_reason=seq.stop_reason, error=seq.error,
-            num_prompt_tokens=len(seq.prompt_ids), num_output_tokens=len(seq.output_ids), token_times=times,
-            spec=seq.spec, arrival_time=seq.arrival_time, first_scheduled_time=seq.first_scheduled_time,
-            first_token_time=seq.first_token_time,
-        )
-
-    def _record_step(self, num_prefill_tokens: int, drafted: list[int], selections: list[Selection | None],
-                     delivered: list[int], seconds: float) -> None:
-        verified = [s.num_accepted if s is not None else 0 for s in selections]
-        rec = StepRecord(
-            batch_size=len(drafted),
-            num_prefill_tokens=num_prefill_tokens,
-            num_draft=drafted,
-            num_accepted=[min(a, d) for a, d in zip(verified, delivered, strict=True)],
-            emitted_tokens=sum(delivered),
-            seconds=seconds,
-            num_verified_accepted=verified,
-        )
+    def _record(self, rec: StepRecord) -> None:
         self.counters.record_step(rec)
         if self.policy is not None:
             self.policy.observe(rec)
+
+    def _release(self, seq: Sequence) -> None:
+        """The scheduler frees `seq.slot`: drop what the draft cache and the runner keep for it."""
+        if self.proposer is not None:
+            self.proposer.release(seq)
+        self.runner.release_slot(seq.slot)
+
+    def _outputs(self, seqs: list[Sequence]) -> list[RequestOutput]:
+        return self.output.collect(seqs + self.scheduler.take_finished())

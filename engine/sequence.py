@@ -18,6 +18,16 @@ from engine.outputs import SpecStats, TokenLogprob
 from engine.sampling.params import SamplingParams
 
 
+@dataclass(frozen=True)
+class Finish:
+    """Why a sequence ends: `reason` is the finish_reason ("stop", "length", "abort", "error"), `stop_reason` the stop
+    string or token id that ended it (None for EOS), `error` the message of an "error"."""
+
+    reason: str
+    stop_reason: str | int | None = None
+    error: str | None = None
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"

@@ -25,6 +25,21 @@ class StepRecord:
     # num_accepted.
     num_verified_accepted: list[int] | None = None
 
+    @classmethod
+    def measured(cls, num_prefill_tokens: int, num_draft: list[int], num_verified: list[int], delivered: list[int],
+                 seconds: float) -> StepRecord:
+        """From one step's per-row counts (parallel lists over the rows that got logits): drafts verified, drafts the
+        verifier accepted, tokens delivered (a stop inside an accepted run throws the rest away)."""
+        return cls(
+            batch_size=len(num_draft),
+            num_prefill_tokens=num_prefill_tokens,
+            num_draft=num_draft,
+            num_accepted=[min(a, d) for a, d in zip(num_verified, delivered, strict=True)],
+            emitted_tokens=sum(delivered),
+            seconds=seconds,
+            num_verified_accepted=num_verified,
+        )
+
     @property
     def total_draft(self) -> int:
         return sum(self.num_draft)

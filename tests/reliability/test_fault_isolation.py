@@ -80,7 +80,7 @@ def _no_leftovers(app) -> None:
     """Nothing of a finished request stays behind: streams, in-flight count, detokenizers, metric keys."""
     ae = app.state.specserve.engine
     assert ae._streams == {} and ae._in_flight == 0 and ae._pending == []
-    assert ae.engine._detok == {} and ae.engine._finished_pending == []
+    assert ae.engine.output.num_open == 0 and ae.engine.scheduler.finished == []
     assert getattr(app.state.metrics, "_last_token", {}) == {}
 
 
