@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from engine.outputs import RequestOutput
+from server.finish_reason import FinishReason
 
 log = logging.getLogger("specserve.server")
 
@@ -66,8 +67,10 @@ STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0
 # HTTP status of a refused request -> `reason` label of requests_rejected_total. 503 is refined by server phase.
 REJECT_REASONS = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 413: "body_too_large",
                   429: "queue_full", 503: "unavailable"}
-SUCCESS_REASONS = ("stop", "length")  # request_success_total{finished_reason}
-FAILURE_REASONS = ("abort", "error")  # requests_failed_total{reason}: the client left, a deadline, a drain, a fault
+# The engine's reasons: TOOL_CALLS is the server's reading of a STOP and never comes out of the engine.
+SUCCESS_REASONS = (FinishReason.STOP, FinishReason.LENGTH)  # request_success_total{finished_reason}
+# requests_failed_total{reason}: the client left, a deadline, a drain (abort); a fault (error)
+FAILURE_REASONS = (FinishReason.ABORT, FinishReason.ERROR)
 
 
 def served_name(settings: Any) -> str:
@@ -173,9 +176,9 @@ class ServerMetrics:
             h.labels(m)
         self.gen_tokens.labels(m)
         for reason in SUCCESS_REASONS:
-            self.success.labels(m, reason)
+            self.success.labels(m, reason.value)
         for reason in FAILURE_REASONS:
-            self.failed.labels(m, reason)
+            self.failed.labels(m, reason.value)
         for reason in ("queue_full", "invalid_request"):
             self.rejected.labels(m, reason)
 
@@ -217,11 +220,11 @@ class ServerMetrics:
                 end = last if last is not None else time.monotonic()
                 if out.arrival_time:
                     self.e2e.labels(m).observe(max(0.0, end - out.arrival_time))
-                reason = out.finish_reason or "error"
-                if reason in SUCCESS_REASONS:
-                    self.success.labels(m, reason).inc()
+                reason = FinishReason.of(out) or FinishReason.ERROR
+                if reason.succeeded:
+                    self.success.labels(m, reason.value).inc()
                 else:  # abort or error: a sequence that did not finish is not a success
-                    self.failed.labels(m, reason if reason in FAILURE_REASONS else "error").inc()
+                    self.failed.labels(m, reason.value).inc()
         if generated:
             self.gen_tokens.labels(m).inc(generated)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.outputs import RequestOutput
+from server.finish_reason import FinishReason
 
 log = logging.getLogger("specserve.requests")
 
@@ -31,7 +32,7 @@ class RequestRecord:
     status: int = 200
     prompt_tokens: int = 0
     first_token: float | None = None
-    finish_reasons: list[str] = field(default_factory=list)
+    finish_reasons: list[FinishReason] = field(default_factory=list)
     error: str | None = None
     prompt: Any = None  # set only when log_prompts is on
     listeners: list[Any] = field(default_factory=list, repr=False)  # see ServerState.listeners
@@ -52,8 +53,9 @@ class RequestRecord:
             self.first_token = time.monotonic()
         self._choices[(out.request_id, out.index)] = (out.num_output_tokens, out.spec.draft_tokens,
                                                        out.spec.accepted_tokens)
-        if out.finished and out.finish_reason:
-            self.finish_reasons.append(out.finish_reason)
+        reason = FinishReason.of(out)
+        if reason is not None and out.finish_reason:
+            self.finish_reasons.append(reason)
 
     @property
     def completion_tokens(self) -> int:
@@ -87,7 +89,7 @@ class RequestRecord:
             "draft_tokens": self.draft_tokens,
             "accepted_tokens": self.accepted_tokens,
             "acceptance": round(self.accepted_tokens / self.draft_tokens, 4) if self.draft_tokens else None,
-            "finish_reason": ",".join(sorted(set(self.finish_reasons))) or None,
+            "finish_reason": ",".join(sorted({r.value for r in self.finish_reasons})) or None,
         }
         if self.error is not None:
             d["error"] = self.error

@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.outputs import TokenLogprob
 from server.errors import BadRequestError
+from server.finish_reason import FinishReason
 from server.protocol import ChatCompletionRequest
 from server.request_log import RequestRecord
 from server.serving_common import EngineRun, Serving, UsageTally, check_output, finite_logprob, sse
@@ -69,7 +70,7 @@ class ChatServing(Serving):
                       rec: RequestRecord) -> dict[str, Any]:
         texts = [""] * req.n
         logprobs: list[list[dict[str, Any]]] = [[] for _ in range(req.n)]
-        finish: list[str | None] = [None] * req.n
+        finish: list[FinishReason | None] = [None] * req.n
         usage = UsageTally()
         async for i, out in run.outputs():
             rec.observe(out)
@@ -79,7 +80,7 @@ class ChatServing(Serving):
             if ctx["logprobs"]:
                 logprobs[out.index] += self._logprobs(out.logprobs)
             if out.finished:
-                finish[out.index] = out.finish_reason
+                finish[out.index] = FinishReason.of(out)
         choices = []
         for k in range(req.n):
             message: dict[str, Any] = {"role": "assistant", "content": texts[k], "refusal": None}
@@ -89,7 +90,7 @@ class ChatServing(Serving):
                 if calls:
                     message["content"] = content
                     message["tool_calls"] = [call_dict(-1, name, args) for name, args in calls]
-                    finish[k] = "tool_calls" if finish[k] == "stop" else finish[k]
+                    finish[k] = FinishReason.TOOL_CALLS if finish[k] is FinishReason.STOP else finish[k]
             choices.append({
                 "index": k,
                 "message": message,
@@ -120,9 +121,9 @@ class ChatServing(Serving):
                 deltas = st.feed(out.text)
                 if out.finished:
                     deltas += st.finish()
-            reason = out.finish_reason if out.finished else None
-            if reason == "stop" and streamers is not None and streamers[out.index].num_calls:
-                reason = "tool_calls"
+            reason = FinishReason.of(out)
+            if reason is FinishReason.STOP and streamers is not None and streamers[out.index].num_calls:
+                reason = FinishReason.TOOL_CALLS
             if not deltas:
                 if not out.finished and logprobs is None:
                     continue  # text held back by the tool-call streamer

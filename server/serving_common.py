@@ -29,6 +29,7 @@ from server.errors import (
     describe,
     sse_error_event,
 )
+from server.finish_reason import FinishReason
 from server.request_log import RequestRecord
 
 log = logging.getLogger("specserve.server")
@@ -54,9 +55,10 @@ def finite_logprob(x: float) -> float:
 
 def check_output(out: RequestOutput) -> None:
     """Turn a choice that ended in error/abort inside the engine into the exception the client should see."""
-    if out.finish_reason == "error":
+    reason = FinishReason.of(out)
+    if reason is FinishReason.ERROR:
         raise RequestFailedError(out.error or "generation failed inside the engine")
-    if out.finish_reason == "abort":
+    if reason is FinishReason.ABORT:
         raise ServiceUnavailableError("the request was aborted by the server (shutting down or overloaded)",
                                       code="request_aborted")
 
@@ -140,7 +142,7 @@ class EngineRun:
                 raise RequestTimeoutError(
                     f"request exceeded the server's {self.timeout:g} s deadline (server.request_timeout)") from None
             if kind == "out":
-                if item.finished and item.finish_reason in ("error", "abort"):
+                if FinishReason.of(item) in (FinishReason.ERROR, FinishReason.ABORT):
                     self.close()
                 yield i, item
             elif kind == "end":

@@ -9,6 +9,7 @@ from typing import Any
 from engine.errors import EngineError
 from engine.outputs import TokenLogprob
 from server.errors import BadRequestError
+from server.finish_reason import FinishReason
 from server.protocol import CompletionRequest
 from server.request_log import RequestRecord
 from server.serving_common import EngineRun, Serving, UsageTally, check_output, finite_logprob, sse
@@ -93,7 +94,7 @@ class CompletionServing(Serving):
         offsets = [len(t) for t in texts]
         lps: list[dict[str, list[Any]]] = [
             {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for _ in range(total)]
-        finish: list[str | None] = [None] * total
+        finish: list[FinishReason | None] = [None] * total
         usage = UsageTally()
         async for i, out in run.outputs():
             rec.observe(out)
@@ -106,7 +107,7 @@ class CompletionServing(Serving):
                 for key, values in part.items():
                     lps[k][key] += values
             if out.finished:
-                finish[k] = out.finish_reason
+                finish[k] = FinishReason.of(out)
         choices = [{"index": k, "text": texts[k], "logprobs": lps[k] if ctx["logprobs"] else None,
                     "finish_reason": finish[k]} for k in range(total)]
         return {**self._envelope(ctx), "choices": choices, "usage": usage.as_dict()}
@@ -132,6 +133,6 @@ class CompletionServing(Serving):
             if ctx["logprobs"]:
                 logprobs, offsets[k] = self._logprobs(out.logprobs, offsets[k])
             yield sse({**env, "choices": [{"index": k, "text": out.text, "logprobs": logprobs,
-                                           "finish_reason": out.finish_reason if out.finished else None}]})
+                                           "finish_reason": FinishReason.of(out)}]})
         if req.include_usage:
             yield sse({**env, "choices": [], "usage": usage.as_dict()})
