@@ -11,6 +11,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Hard caps on per-request fields, defined once: the `server` section may only lower the first three, and the engine's
+# `RequestLimits` (engine.sampling.params) defaults to them.
+MAX_N = 16
+MAX_STOP_STRINGS = 16
+MAX_LOGIT_BIAS = 1024
+MAX_TOP_LOGPROBS = 20
+
 
 class _Section(BaseModel):
     # Values arrive as strings from the environment; pydantic's lax mode converts them ("8" -> 8, "true" -> True).
@@ -68,9 +75,9 @@ class ServerSettings(_Section):
     log_prompts: bool = Field(False, description="include prompt text in request logs")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
-    max_n: int = Field(8, ge=1, le=16, description="largest n (choices per request)")
-    max_stop_strings: int = Field(8, ge=0, le=16, description="most stop strings per request")
-    max_logit_bias: int = Field(300, ge=0, le=1024, description="most logit_bias entries per request")
+    max_n: int = Field(8, ge=1, le=MAX_N, description="largest n (choices per request)")
+    max_stop_strings: int = Field(8, ge=0, le=MAX_STOP_STRINGS, description="most stop strings per request")
+    max_logit_bias: int = Field(300, ge=0, le=MAX_LOGIT_BIAS, description="most logit_bias entries per request")
     request_timeout: float = Field(600.0, gt=0, description="wall-clock deadline per request in seconds")
     keep_alive_timeout: float = Field(75.0, gt=0, description="seconds an idle keep-alive connection stays open; keep it above clients' pool expiry (httpx/OpenAI SDK: 5) and load balancers' idle timeout (ALB: 60)")
 

@@ -1,7 +1,8 @@
 """The async bridge: the engine loop runs in its own thread; the server awaits per-request output streams.
 
 Callers (on the event loop) validate and enqueue synchronously — so queue-full and bad input surface as exceptions
-before any response is started — and then iterate a `RequestStream`. The loop thread owns the `LLMEngine`; the only
+before any response is started — and then iterate a `RequestStream`. That check (`LLMEngine.check_request`) and the
+capacity booked here are the only ones: the engine thread enqueues without checking again. The loop thread owns the `LLMEngine`; the only
 state shared with callers is the pending-adds/aborts inbox under one lock, and outputs are handed back with
 `loop.call_soon_threadsafe`.
 """
@@ -189,7 +190,7 @@ class AsyncEngine(Drainable):
             aborts, self._aborts = self._aborts, []
         for rid, prompt_ids, params, arrival in pending:
             try:
-                self.engine.add_request(rid, prompt_ids, params, arrival_time=arrival)
+                self.engine.enqueue(rid, prompt_ids, params, arrival_time=arrival)
             except Exception as e:  # validated already; anything here is a bug, fail this request alone
                 log.exception("could not add request %s", rid)
                 self._fail_request(rid, params.n, f"{type(e).__name__}: {e}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from config.settings import Settings
+from engine.admission import request_limits
 from engine.engine import EngineLimits, LLMEngine
 from engine.models.config import ModelConfig
 from engine.models.loader import resolve_model_path
@@ -116,7 +117,7 @@ def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
     e = settings.engine
     limits = EngineLimits(e.max_num_seqs, e.max_queue, e.max_num_batched_tokens, max_len)
     engine = LLMEngine(target, tokenizer, limits, eos_token_ids=eos_ids(tokenizer, target_dir), proposer=proposer,
-                       policy=policy)
+                       policy=policy, request_limits=request_limits(settings))
     log.info("engine ready: model=%s draft=%s method=%s backend=%s dtype=%s max_model_len=%d slots=%d in %.1fs",
              target_id, draft_id, method, backend.name, target.info().dtype, max_len, e.max_num_seqs,
              time.monotonic() - t0)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from engine.engine import EngineLimits, LLMEngine
+from engine.admission import Admission
+from engine.engine import EngineLimits
 from engine.ipc import CounterSnapshot, Ready
-from engine.sampling.params import SamplingParams
+from engine.sampling.params import RequestLimits
 from engine.stats import EngineCounters
 from engine.structured.compiler import StructuredStats
 
@@ -21,22 +22,18 @@ def _empty_snapshot() -> CounterSnapshot:
     return CounterSnapshot(0, 0, 0, 0, 0, 0, {}, {}, {}, {}, 0, None, 0, None, {})
 
 
-class Admission:
-    """What `LLMEngine.check_request` reads, without a model: the same checks (vocabulary, prompt, context length,
-    grammar compiles) run in the API process before anything is enqueued. Runner-specific checks (Neuron buckets)
-    run in the core and come back as a typed error on the stream."""
+class ApiAdmission(Admission):
+    """`Admission` in the API process, without a model: every check but the backend's (vocabulary, prompt, context
+    length, sampling ranges, grammar compiles) runs here before anything is enqueued; the runner's own (Neuron
+    buckets) runs in the core and comes back as a typed error on the stream. `limits` sizes the capacity booking."""
 
-    def __init__(self, ready: Ready, tokenizer):
+    def __init__(self, ready: Ready, tokenizer, request: RequestLimits):
         from engine.structured.support import StructuredSupport
 
-        self.vocab_size = ready.vocab_size
+        structured = StructuredSupport(tokenizer, ready.vocab_size, ready.eos_token_ids)
+        super().__init__(ready.vocab_size, ready.max_model_len, structured, request)
         self.limits = EngineLimits(ready.max_num_seqs, ready.max_queue, ready.max_num_batched_tokens,
                                    ready.max_model_len)
-        self.runner = None  # no runner here: its own check runs in the core
-        self.structured = StructuredSupport(tokenizer, ready.vocab_size, ready.eos_token_ids)
-
-    def check(self, prompt_ids, params: SamplingParams) -> None:
-        LLMEngine.check_request(self, prompt_ids, params)  # type: ignore[arg-type]
 
 
 class _StructuredView:

@@ -141,9 +141,11 @@ class CoreLoop:
     def _add(self, add) -> None:
         params = unpack_params(add.params)
         try:
-            self.engine.add_request(add.request_id, add.prompt_ids, params, arrival_time=add.arrival_time)
-        except engine_errors.EngineError as e:  # a check only the core can make (runner buckets, capacity)
-            self._rejected.append(Rejected(add.request_id, params.n, type(e).__name__, e.message, e.param))
+            # The API process made every other check and booked the capacity; the backend's limits are the core's.
+            self.engine.admission.check_backend(add.prompt_ids, params)
+            self.engine.enqueue(add.request_id, add.prompt_ids, params, arrival_time=add.arrival_time)
+        except engine_errors.EngineError as e:  # a check only the core can make (runner buckets)
+            self._rejected.append(Rejected(add.request_id, params.n, type(e).__name__, e.message, e.field))
         except Exception as e:  # anything else is a bug: fail this request alone
             log.error("could not add request %s:\n%s", add.request_id, traceback.format_exc())
             self._rejected.append(Rejected(add.request_id, params.n, "RequestFailedError",

@@ -17,11 +17,12 @@ from functools import partial
 
 import torch
 
-from engine.errors import InvalidRequestError, PromptTooLongError, QueueFullError
+from engine.admission import Admission
+from engine.errors import QueueFullError
 from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.runners.base import ForwardBatch, Runner
-from engine.sampling.params import SamplingParams
+from engine.sampling.params import RequestLimits, SamplingParams
 from engine.sampling.sampler import choice_generator
 from engine.scheduler import ScheduledRow, Scheduler, no_speculation
 from engine.select import Selection, select_tokens
@@ -52,6 +53,7 @@ class LLMEngine:
         eos_token_ids: Seq[int] = (),
         proposer: Proposer | None = None,
         policy=None,
+        request_limits: RequestLimits | None = None,
     ):
         info = runner.info()
         if limits.max_num_seqs > info.max_slots:
@@ -67,6 +69,7 @@ class LLMEngine:
         self.structured = StructuredSupport(tokenizer, info.vocab_size, eos_token_ids, info.allowed_k)
         self.proposer = self.structured.wrap_proposer(proposer)
         self.policy = policy
+        self.admission = Admission(info.vocab_size, limits.max_model_len, self.structured, request_limits, runner)
         self.scheduler = Scheduler(limits.max_num_seqs, limits.max_queue, limits.max_num_batched_tokens,
                                    release=self._release)
         self.counters = EngineCounters()
@@ -75,45 +78,23 @@ class LLMEngine:
     # -- requests --------------------------------------------------------------------------------------------------
 
     def check_request(self, prompt_ids: Seq[int], params: SamplingParams) -> None:
-        """Raise a typed error if the request cannot be served; nothing is enqueued."""
-        params.validate(self.vocab_size)
-        if not prompt_ids:
-            raise InvalidRequestError("the prompt is empty; send at least one token", param="prompt")
-        bad = next((t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < self.vocab_size)), None)
-        if bad is not None:
-            raise InvalidRequestError(
-                f"prompt token id {bad!r} is outside the vocabulary (0..{self.vocab_size - 1})", param="prompt"
-            )
-        limit = self.limits.max_model_len
-        n = len(prompt_ids)
-        if n >= limit:
-            raise PromptTooLongError(
-                f"This model's maximum context length is {limit} tokens; the prompt has {n} tokens "
-                f"(it must leave room for at least one generated token).",
-                param="messages",
-            )
-        if params.max_tokens is not None and n + params.max_tokens > limit:
-            raise PromptTooLongError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{n + params.max_tokens} tokens ({n} in the prompt, {params.max_tokens} in the completion). "
-                f"Reduce the prompt or max_tokens.",
-                param="max_tokens",
-            )
-        # Backend limits (largest compiled bucket, fused on-device sampling) are the runner's to state.
-        runner_check = getattr(self.runner, "check_request", None)
-        if runner_check is not None:
-            runner_check(prompt_ids, params)
-        self.structured.check(params)
+        """Raise a typed error if the request cannot be served; nothing is enqueued (`engine.admission`)."""
+        self.admission.check(prompt_ids, params)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                     arrival_time: float | None = None) -> list[Sequence]:
-        """Validate and enqueue one request as `params.n` sequences (one per choice)."""
+        """Check, book capacity and enqueue, for direct callers; the async bridges check and book themselves."""
         self.check_request(prompt_ids, params)
         if not self.scheduler.has_capacity(params.n):
             raise QueueFullError(
                 f"server is at capacity ({self.limits.max_num_seqs} running, {self.limits.max_queue} waiting); "
                 "retry later"
             )
+        return self.enqueue(request_id, prompt_ids, params, arrival_time)
+
+    def enqueue(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                arrival_time: float | None = None) -> list[Sequence]:
+        """Enqueue a checked request as `params.n` sequences (one per choice)."""
         arrival = time.monotonic() if arrival_time is None else arrival_time
         max_total = len(prompt_ids) + (params.max_tokens or self.limits.max_model_len)
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.eos_token_ids)

@@ -1,6 +1,9 @@
 """Typed errors the engine raises; the server maps each to an HTTP status and OpenAI's error shape.
 
-Every error carries `param` (the request field at fault, or None) so the server can fill OpenAI's `error.param`.
+Every error carries `field`: the request field at fault in the engine's own names (a `SamplingParams` attribute, or
+"prompt"), or None. HTTP names differ by endpoint (chat's "messages" and "top_logprobs" are the engine's "prompt" and
+"logprobs"); the server maps `field` to OpenAI's `error.param` in one place and stores it in `param`, which starts out
+equal to `field`.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ class EngineError(Exception):
 
     code = "engine_error"
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.message = message
-        self.param = param
+        self.field = field
+        self.param = field  # the HTTP field name, set by the server for its endpoint
 
 
 class InvalidRequestError(EngineError):

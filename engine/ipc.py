@@ -69,7 +69,7 @@ class Rejected(msgspec.Struct, array_like=True):
     n: int
     error_type: str  # the engine.errors class name, so the API side raises the same typed error (and HTTP status)
     message: str
-    param: str | None = None
+    field: str | None = None  # EngineError.field
 
 
 class CounterSnapshot(msgspec.Struct, array_like=True):

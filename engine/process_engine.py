@@ -28,8 +28,9 @@ from pathlib import Path
 import zmq
 
 from engine import errors as engine_errors
+from engine.admission import request_limits
 from engine.async_engine import Drainable, EngineStats, RequestStream
-from engine.core_mirror import Admission, CounterMirror
+from engine.core_mirror import ApiAdmission, CounterMirror
 from engine.errors import EngineStoppedError, QueueFullError
 from engine.ipc import (
     AddRequest,
@@ -123,7 +124,7 @@ class ProcessEngine(Drainable):
         self.model_name = ""
         self.max_model_len = 0
         self.vocab_size = 0
-        self._admission: Admission | None = None
+        self._admission: ApiAdmission | None = None
 
     @classmethod
     def from_settings(cls, settings) -> ProcessEngine:
@@ -139,7 +140,7 @@ class ProcessEngine(Drainable):
         ready = inc.ready
         self.tokenizer = load_tokenizer(ready.tokenizer_path)
         self.model_name, self.max_model_len, self.vocab_size = ready.model_name, ready.max_model_len, ready.vocab_size
-        self._admission = Admission(ready, self.tokenizer)
+        self._admission = ApiAdmission(ready, self.tokenizer, request_limits(settings))
         self._gauges = (0, 0, ready.max_num_seqs)  # a fresh core: every slot free until its first step says more
         self._inc = inc
         return self
@@ -339,7 +340,7 @@ class ProcessEngine(Drainable):
                 if stream is not None:
                     self._in_flight -= stream.open_choices
             if stream is not None:
-                stream._loop.call_soon_threadsafe(stream._fail, exc_type(rej.message, param=rej.param))
+                stream._loop.call_soon_threadsafe(stream._fail, exc_type(rej.message, field=rej.field))
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         for fn in self._listeners:

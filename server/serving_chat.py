@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from engine.errors import EngineError
 from engine.outputs import TokenLogprob
 from server.errors import BadRequestError
 from server.finish_reason import FinishReason
 from server.protocol import ChatCompletionRequest
 from server.request_log import RequestRecord
 from server.serving_common import EngineRun, Serving, UsageTally, check_output, finite_logprob, sse
+from server.state import name_engine_field
 from server.tool_calls import ToolPlan, ToolStreamer, call_dict, template_messages
 
 
@@ -28,7 +30,6 @@ class ChatServing(Serving):
         self.state.check_model(req.model)
         req.check_supported()
         params = req.to_sampling_params()
-        self.state.check_params(params)
         plan = req.tool_plan()
         if plan is not None:
             plan.bind_template(getattr(self.state.tokenizer, "chat_template", None))
@@ -40,7 +41,11 @@ class ChatServing(Serving):
             rec.prompt = messages
         ctx["logprobs"] = params.logprobs is not None
         ctx["tools"] = plan if plan is not None and plan.renders_tools else None
-        return [engine.add_request(prompt_ids, params, request_id=ctx["id"])]
+        try:
+            return [engine.add_request(prompt_ids, params, request_id=ctx["id"])]  # the engine checks the request
+        except EngineError as e:
+            name_engine_field(e, self.endpoint)
+            raise
 
     def _render(self, messages: list[dict[str, Any]], plan: ToolPlan | None) -> list[int]:
         """The chat template over `messages`; a template that renders tools also gets `tools=`."""

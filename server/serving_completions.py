@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engine.errors import EngineError
 from engine.outputs import TokenLogprob
 from server.errors import BadRequestError
 from server.finish_reason import FinishReason
 from server.protocol import CompletionRequest
 from server.request_log import RequestRecord
 from server.serving_common import EngineRun, Serving, UsageTally, check_output, finite_logprob, sse
+from server.state import name_engine_field
 
 
 class CompletionServing(Serving):
@@ -24,13 +24,6 @@ class CompletionServing(Serving):
         self.state.check_model(req.model)
         req.check_supported()
         params = req.to_sampling_params()
-        try:
-            self.state.check_params(params)
-        except EngineError as e:
-            if e.param == "top_logprobs":  # SamplingParams names the chat field; here it is `logprobs`
-                e.param = "logprobs"
-                e.message = e.message.replace("top_logprobs", "logprobs")
-            raise
         prompts = req.prompts()
         if len(prompts) * params.n > self.state.settings.server.max_n * 8:
             raise BadRequestError(f"too many completions in one request ({len(prompts)} prompts x n={params.n})",
@@ -61,12 +54,11 @@ class CompletionServing(Serving):
         try:
             for j, ids in enumerate(ids_list):
                 rid = ctx["id"] if len(ids_list) == 1 else f"{ctx['id']}-{j}"
-                streams.append(engine.add_request(ids, params, request_id=rid))
+                streams.append(engine.add_request(ids, params, request_id=rid))  # the engine checks the request
         except Exception as e:
             for s in streams:  # all or nothing: a later prompt was refused (queue full ...)
                 s.abort()
-            if isinstance(e, EngineError) and e.param == "messages":
-                e.param = "prompt"  # the engine names the chat field; this endpoint's is `prompt`
+            name_engine_field(e, self.endpoint)
             raise
         return streams
 

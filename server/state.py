@@ -1,5 +1,6 @@
 """The server's lifecycle around one engine: loading -> ready -> draining -> stopped (or failed), plus the checks every
-endpoint makes against it (model name, server-side limits, chat template, token text)."""
+endpoint makes against it (model name, chat template, token text). Request limits and sampling ranges are the
+engine's to check (engine.admission, fed from settings.server); `name_engine_field` gives its errors HTTP names."""
 
 from __future__ import annotations
 
@@ -12,12 +13,25 @@ from collections.abc import Callable
 from typing import Any
 
 from config.settings import Settings
-from engine.sampling.params import SamplingParams
+from engine.errors import EngineError
 from server.errors import BadRequestError, ModelNotFoundError, ServiceUnavailableError
 
 log = logging.getLogger("specserve.server")
 
 OFF_LOOP_CHARS = 8192  # prompts longer than this are tokenized in a worker thread
+
+
+# Engine field names (SamplingParams attributes, "prompt") -> the request field of each endpoint, where they differ.
+HTTP_FIELDS: dict[str, dict[str, str]] = {
+    "chat": {"prompt": "messages", "logprobs": "top_logprobs", "structured": "response_format"},
+    "completions": {"structured": "response_format"},
+}
+
+
+def name_engine_field(exc: BaseException, endpoint: str) -> None:
+    """Set an engine error's `param` to `endpoint`'s name for its field: the one place engine names become HTTP ones."""
+    if isinstance(exc, EngineError) and exc.field is not None:
+        exc.param = HTTP_FIELDS.get(endpoint, {}).get(exc.field, exc.field)
 
 
 class Phase(str, enum.Enum):
@@ -142,19 +156,6 @@ class ServerState:
         if model != self.engine.model_name:
             raise ModelNotFoundError(f"the model {model!r} does not exist; this server serves "
                                      f"{self.engine.model_name!r}", param="model")
-
-    def check_params(self, params: SamplingParams) -> None:
-        """The server's own limits (settings.server), then the engine-independent range checks."""
-        srv = self.settings.server
-        if params.n > srv.max_n:
-            raise BadRequestError(f"n must be at most {srv.max_n} on this server, got {params.n}", param="n")
-        if len(params.stop) > srv.max_stop_strings:
-            raise BadRequestError(f"at most {srv.max_stop_strings} stop sequences are allowed, got "
-                                  f"{len(params.stop)}", param="stop")
-        if len(params.logit_bias) > srv.max_logit_bias:
-            raise BadRequestError(f"logit_bias may have at most {srv.max_logit_bias} entries, got "
-                                  f"{len(params.logit_bias)}", param="logit_bias")
-        params.validate(self.engine.vocab_size)
 
     # --- tokenizer helpers ---------------------------------------------------------------------------------------
 

@@ -248,7 +248,7 @@ class SlotKVRunner(abc.ABC):
             raise PromptTooLongError(
                 f"the prompt has {n} tokens but the largest compiled context bucket is {self.max_context} tokens; "
                 "shorten the prompt or restart the server with a larger --neuron-context-buckets entry",
-                param="messages")
+                field="prompt")
 
     def check_params(self, params) -> None:  # noqa: B027  (a default hook, not abstract)
         """Sampling limits of this runner (none unless a subclass runs sampling on device)."""

@@ -86,7 +86,7 @@ class NxdiRunner(SlotKVRunner):
         super().check_request(prompt_ids, params)
         if len(prompt_ids) < 2:
             raise InvalidRequestError("neuron-nxdi needs a prompt of at least 2 tokens: NxD Inference's context "
-                                      "encoding returns a padding token's logits for a 1-token prompt", param="prompt")
+                                      "encoding returns a padding token's logits for a 1-token prompt", field="prompt")
 
     def _run(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """One model call -> float32 logits (rows, tokens returned, V)."""

@@ -144,7 +144,7 @@ class TnxRunner(SlotKVRunner):
         ]
         for bad, param, why in limits:
             if bad:
-                raise InvalidRequestError(f"{param} {why}; this server runs --neuron-fused-speculation", param=param)
+                raise InvalidRequestError(f"{param} {why}; this server runs --neuron-fused-speculation", field=param)
 
     def release_slot(self, slot: int) -> None:
         super().release_slot(slot)

@@ -1,4 +1,4 @@
-"""Per-request sampling parameters, validated at the edge.
+"""Per-request sampling parameters, validated once at the engine's edge (`engine.admission.Admission`).
 
 Semantics follow OpenAI's API, with vLLM's extensions (`top_k`, `min_p`, `repetition_penalty`, `min_tokens`,
 `ignore_eos`) and specserve's `speculative` switch.
@@ -10,16 +10,21 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from config.settings import MAX_LOGIT_BIAS, MAX_N, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
 from engine.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from engine.structured.spec import GrammarSpec
 
-# Bounds that protect the server; the server may narrow them further from its settings.
-MAX_N = 16
-MAX_TOP_LOGPROBS = 20
-MAX_STOP_STRINGS = 16
-MAX_LOGIT_BIAS_ENTRIES = 1024
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Per-request bounds: the hard caps of config.settings, lowered by the server's settings (`max_n`, ...)."""
+
+    max_n: int = MAX_N
+    max_stop_strings: int = MAX_STOP_STRINGS
+    max_logit_bias: int = MAX_LOGIT_BIAS
+    max_top_logprobs: int = MAX_TOP_LOGPROBS
 
 
 @dataclass
@@ -51,18 +56,20 @@ class SamplingParams:
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
 
-    def validate(self, vocab_size: int) -> None:
-        """Raise InvalidRequestError naming the field for any out-of-range value."""
+    def validate(self, vocab_size: int, limits: RequestLimits = RequestLimits()) -> None:  # noqa: B008 (frozen)
+        """Raise InvalidRequestError naming the field (this class's attribute name) for any out-of-range value."""
 
-        def bad(msg: str, param: str) -> None:
-            raise InvalidRequestError(msg, param=param)
+        def bad(msg: str, field: str) -> None:
+            raise InvalidRequestError(msg, field=field)
 
         def finite(x: float, name: str) -> None:
             if not isinstance(x, (int, float)) or math.isnan(x) or math.isinf(x):
                 bad(f"{name} must be a finite number, got {x!r}", name)
 
-        if not 1 <= self.n <= MAX_N:
-            bad(f"n must be between 1 and {MAX_N}, got {self.n}", "n")
+        if self.n < 1:
+            bad(f"n must be at least 1, got {self.n}", "n")
+        if self.n > limits.max_n:
+            bad(f"n must be at most {limits.max_n} on this server, got {self.n}", "n")
         if self.max_tokens is not None and self.max_tokens < 1:
             bad(f"max_tokens must be at least 1, got {self.max_tokens}", "max_tokens")
         if self.min_tokens < 0:
@@ -84,8 +91,9 @@ class SamplingParams:
                 bad(f"{name} must be between -2 and 2, got {getattr(self, name)}", name)
         if not 0.0 < self.repetition_penalty <= 10.0:
             bad(f"repetition_penalty must be in (0, 10], got {self.repetition_penalty}", "repetition_penalty")
-        if len(self.logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
-            bad(f"logit_bias may have at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {len(self.logit_bias)}", "logit_bias")
+        if len(self.logit_bias) > limits.max_logit_bias:
+            bad(f"logit_bias may have at most {limits.max_logit_bias} entries, got {len(self.logit_bias)}",
+                "logit_bias")
         for tok, bias in self.logit_bias.items():
             if not isinstance(tok, int) or not 0 <= tok < vocab_size:
                 bad(f"logit_bias token id {tok!r} is not in the vocabulary (0..{vocab_size - 1})", "logit_bias")
@@ -95,11 +103,12 @@ class SamplingParams:
         for tok in self.stop_token_ids:
             if not 0 <= tok < vocab_size:
                 bad(f"stop_token_ids entry {tok} is not in the vocabulary (0..{vocab_size - 1})", "stop_token_ids")
-        if len(self.stop) > MAX_STOP_STRINGS:
-            bad(f"at most {MAX_STOP_STRINGS} stop sequences are allowed, got {len(self.stop)}", "stop")
+        if len(self.stop) > limits.max_stop_strings:
+            bad(f"at most {limits.max_stop_strings} stop sequences are allowed, got {len(self.stop)}", "stop")
         if any(not s for s in self.stop):
             bad("stop sequences must be non-empty strings", "stop")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
-            bad(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.logprobs}", "top_logprobs")
+        if self.logprobs is not None and not 0 <= self.logprobs <= limits.max_top_logprobs:
+            bad(f"the number of top logprobs must be between 0 and {limits.max_top_logprobs}, got {self.logprobs}",
+                "logprobs")
         if self.seed is not None and not -(2**63) <= self.seed < 2**63:
             bad("seed must fit in a signed 64-bit integer", "seed")

@@ -115,7 +115,7 @@ class GrammarCompiler:
         grammar = self.compile(spec)
         matcher = llguidance.LLMatcher(self.lltokenizer, grammar, log_level=0)
         if matcher.is_error():  # validated above, so only resource limits land here
-            raise InvalidRequestError(f"grammar could not be started: {matcher.get_error()}", param="response_format")
+            raise InvalidRequestError(f"grammar could not be started: {matcher.get_error()}", field="structured")
         return GrammarState(matcher, self.vocab_size, self.executor)
 
     def _build(self, spec: GrammarSpec, lltok) -> str:
@@ -132,11 +132,11 @@ class GrammarCompiler:
             elif spec.kind == "lark":
                 grammar = M.grammar_from_lark(spec.source)
             else:
-                raise InvalidRequestError(f"unknown grammar kind {spec.kind!r}", param="response_format")
+                raise InvalidRequestError(f"unknown grammar kind {spec.kind!r}", field="structured")
         except ValueError as e:  # not a JSON object
-            raise InvalidRequestError(f"invalid JSON schema: {e}", param="response_format") from None
+            raise InvalidRequestError(f"invalid JSON schema: {e}", field="structured") from None
         is_error, messages = M.validate_grammar_with_warnings(grammar, lltok)
         if is_error:
             what = "JSON schema" if spec.kind.startswith("json") else f"{spec.kind} grammar"
-            raise InvalidRequestError(f"unsupported {what}: {'; '.join(messages)}", param="response_format")
+            raise InvalidRequestError(f"unsupported {what}: {'; '.join(messages)}", field="structured")
         return grammar

@@ -71,3 +71,18 @@ def test_capacity_and_drain(aengine):
 
     finals = asyncio.run(go())
     assert [f.finish_reason for f in finals] == ["length"] * 4
+
+
+def test_a_request_is_validated_once_and_booked_once(aengine, monkeypatch):
+    """The caller's check is the only one: the engine thread enqueues without validating or booking again."""
+    calls = []
+    real = SamplingParams.validate
+    monkeypatch.setattr(SamplingParams, "validate", lambda self, *a: (calls.append(1), real(self, *a))[1])
+    monkeypatch.setattr(aengine.engine.scheduler, "has_capacity", lambda n: pytest.fail("capacity booked twice"))
+
+    async def go():
+        stream = aengine.add_request(aengine.tokenizer.encode("x"), SamplingParams(max_tokens=3, temperature=0.0))
+        return [o async for o in stream]
+
+    outs = asyncio.run(go())
+    assert outs[-1].finish_reason in ("length", "stop") and calls == [1]

@@ -149,12 +149,13 @@ def test_queue_full_is_a_typed_error(tiny_pair):
     [
         ([], greedy(), InvalidRequestError, "prompt"),
         ([10**6], greedy(), InvalidRequestError, "prompt"),
-        ([5] * 128, greedy(), PromptTooLongError, "messages"),
+        ([5] * 128, greedy(), PromptTooLongError, "prompt"),
         ([5] * 100, greedy(64), PromptTooLongError, "max_tokens"),
         ([5], SamplingParams(logit_bias={10**6: 1.0}), InvalidRequestError, "logit_bias"),
         ([5], SamplingParams(n=0), InvalidRequestError, "n"),
         ([5], SamplingParams(n=99), InvalidRequestError, "n"),
-        ([5], SamplingParams(logprobs=50), InvalidRequestError, "top_logprobs"),
+        ([5], SamplingParams(logprobs=50), InvalidRequestError, "logprobs"),
+        ([5], SamplingParams(n=9), InvalidRequestError, "n"),  # settings.server.max_n (8) is the engine's bound
         ([5], SamplingParams(temperature=float("nan")), InvalidRequestError, "temperature"),
         ([5], SamplingParams(temperature=-1.0), InvalidRequestError, "temperature"),
         ([5], SamplingParams(top_p=0.0), InvalidRequestError, "top_p"),
@@ -166,7 +167,7 @@ def test_queue_full_is_a_typed_error(tiny_pair):
 def test_bad_input_raises_typed_errors_naming_the_field(engine, prompt, params, err, field):
     with pytest.raises(err) as info:
         engine.add_request("bad", prompt, params)
-    assert info.value.param == field
+    assert info.value.field == field and info.value.param == field  # the server renames `param` per endpoint
     assert info.value.message
     assert engine.num_waiting == 0
 
@@ -175,7 +176,7 @@ def test_runner_admission_hook_is_consulted(engine, monkeypatch):
     """Backends state their own limits (Neuron: largest compiled bucket, fused-mode sampling) through check_request."""
     def refuse(prompt_ids, params):
         if params.temperature > 0:
-            raise InvalidRequestError("this backend samples greedily on device", param="temperature")
+            raise InvalidRequestError("this backend samples greedily on device", field="temperature")
 
     monkeypatch.setattr(engine.runner, "check_request", refuse, raising=False)
     with pytest.raises(InvalidRequestError, match="greedily"):

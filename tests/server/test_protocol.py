@@ -128,7 +128,7 @@ def test_validation_error_names_field():
 
 
 @pytest.mark.parametrize("exc,status,type_,code", [
-    (InvalidRequestError("x", param="n"), 400, "invalid_request_error", "invalid_request"),
+    (InvalidRequestError("x", field="n"), 400, "invalid_request_error", "invalid_request"),
     (PromptTooLongError("x"), 400, "invalid_request_error", "context_length_exceeded"),
     (QueueFullError("x"), 429, "rate_limit_error", "queue_full"),
     (EngineStoppedError("x"), 503, "service_unavailable_error", "engine_unavailable"),

@@ -76,7 +76,7 @@ def test_cache_and_unsupported_feature(compiler):
     assert compiler.stats.compiled == 1
     with pytest.raises(InvalidRequestError) as e:
         compiler.compile(GrammarSpec.json_schema({"type": "object", "if": {"type": "object"}, "then": {}}))
-    assert '"if"' in e.value.message and e.value.param == "response_format"
+    assert '"if"' in e.value.message and e.value.field == "structured"
     with pytest.raises(InvalidRequestError, match="look-around"):
         compiler.compile(GrammarSpec.json_schema({"type": "string", "pattern": "(?<=a)b"}))
 

@@ -138,7 +138,7 @@ def test_fused_refuses_what_it_cannot_honour(tiny_pair, tnx):
                        ({"temperature": 0, "min_tokens": 4, "max_tokens": 8}, "min_tokens")]:
         with pytest.raises(InvalidRequestError) as e:
             check(SamplingParams(**bad))
-        assert e.value.param == param
+        assert e.value.field == param
     with pytest.raises(InvalidRequestError):  # through the engine's admission check too
         eng.add_request("m", [5, 6, 7], SamplingParams(temperature=0, max_tokens=8, min_tokens=4))
 
@@ -155,4 +155,4 @@ def test_nxdi_refuses_one_token_prompts(tiny_pair, nxdi):
     eng = make_engine(tiny_pair[0], backend="neuron-nxdi", **LIMITS, **NEURON)
     with pytest.raises(InvalidRequestError, match="at least 2 tokens") as e:
         eng.add_request("one", [17], greedy(4))
-    assert e.value.param == "prompt"
+    assert e.value.field == "prompt"
