@@ -80,8 +80,13 @@ def coupled_verify(
 
 
 def rejection_acceptance(target_probs: torch.Tensor, draft_probs: torch.Tensor) -> torch.Tensor:
-    """Rejection sampling's per-token acceptance sum_x min(target, draft): `[N, V]` x2 -> `[N]` float64."""
-    return torch.minimum(target_probs.double(), draft_probs.double()).sum(dim=-1)
+    """Rejection sampling's per-token acceptance sum_x min(target, draft): `[N, V]` x2 -> `[N]` float64.
+
+    Rows are renormalized in float64 first, as in `coupling_acceptance`: a float32 softmax over 49k tokens sums to
+    1 only within ~1e-7, enough to make the two figures disagree at that level.
+    """
+    p, q = target_probs.double(), draft_probs.double()
+    return torch.minimum(p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)).sum(dim=-1)
 
 
 def coupling_acceptance(target_probs: torch.Tensor, draft_probs: torch.Tensor) -> torch.Tensor:
