@@ -44,9 +44,7 @@ class Admission:
 
     def check_backend(self, prompt_ids: Seq[int], params: SamplingParams) -> None:
         """The backend's own limits (largest compiled bucket, fused on-device sampling) are the runner's to state."""
-        check = getattr(self.runner, "check_request", None)
-        if check is not None:
-            check(prompt_ids, params)
+        self.runner.check_request(prompt_ids, params)
 
     def _check_prompt(self, prompt_ids: Seq[int], params: SamplingParams) -> None:
         if not prompt_ids:

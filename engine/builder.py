@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ from engine.models.config import ModelConfig
 from engine.models.loader import resolve_model_path
 from engine.models.tokenizer import load_tokenizer
 from engine.runners.base import Runner
-from engine.runners.neuron_common import runner_extra
+from engine.runners.options import NeuronOptions, TorchOptions
 from engine.runners.registry import RunnerSpec, resolve_backend
 from engine.spec import draft_model, ngram  # noqa: F401  (register proposers)
 from engine.spec.base import PROPOSERS
@@ -52,6 +53,25 @@ def resolve_models(settings: Settings) -> tuple[str, str | None, str]:
         return str(target), draft, m.served_model_name or SERVED_NAME
     name = m.served_model_name or Path(str(m.model).rstrip("/")).name
     return m.model, (m.draft_model if method == "draft" else None), name
+
+
+def torch_options(settings: Settings) -> TorchOptions:
+    return TorchOptions(compile=settings.engine.torch_compile, compile_cache_dir=settings.engine.torch_compile_cache_dir)
+
+
+def neuron_options(settings: Settings) -> NeuronOptions:
+    """The `neuron` section for the Neuron runners; K values default to --num-speculative-tokens when speculating."""
+    n = settings.neuron
+    k_default = settings.speculation.num_speculative_tokens
+    k_values = n.neuron_k_values or ([k_default] if k_default > 0 and settings.resolved_method != "none" else [])
+    fused = n.neuron_fused_speculation and settings.resolved_method == "draft"
+    return NeuronOptions(
+        tp_degree=n.tp_degree, compiled_dir=n.neuron_compiled_dir,
+        context_buckets=tuple(n.neuron_context_buckets) if n.neuron_context_buckets else None,
+        token_buckets=tuple(n.neuron_token_buckets) if n.neuron_token_buckets else None,
+        k_values=tuple(k_values), fused_speculation=n.neuron_fused_speculation,
+        draft_model=resolve_models(settings)[1] if fused else None,
+    )
 
 
 def _check_draft_tokenizer(target_tok, draft_path: str) -> None:
@@ -89,7 +109,8 @@ def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
     max_len = settings.engine.max_model_len or min(cfg.max_position_embeddings, DEFAULT_MAX_MODEL_LEN_CAP)
     backend = resolve_backend(settings.engine.backend)
     spec = RunnerSpec(max_slots=settings.engine.max_num_seqs, max_model_len=max_len,
-                      dtype=settings.model.dtype, device=settings.model.device, extra=runner_extra(settings))
+                      dtype=settings.model.dtype, device=settings.model.device, torch=torch_options(settings),
+                      neuron=neuron_options(settings))
     target = backend.build(str(target_dir), spec)
     vocab = target.info().vocab_size
     if len(tokenizer) > vocab:
@@ -100,7 +121,7 @@ def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
     if method == "draft":
         draft_dir = resolve_model_path(draft_id, cache_dir=settings.model.download_dir)
         _check_draft_tokenizer(tokenizer, str(draft_dir))
-        draft_runner = backend.build(str(draft_dir), RunnerSpec(**{**spec.__dict__, "role": "draft"}))
+        draft_runner = backend.build(str(draft_dir), dataclasses.replace(spec, role="draft"))
         if draft_runner.info().vocab_size != vocab:
             raise DraftMismatchError(
                 f"draft model vocabulary ({draft_runner.info().vocab_size}) differs from the target's ({vocab}); "

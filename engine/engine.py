@@ -184,7 +184,6 @@ class LLMEngine:
             token_ids=[r.seq.uncomputed_ids(r.num_new) + r.seq.draft_ids for r in rows],
             start_pos=[r.seq.num_computed for r in rows],
             num_logits=[len(r.seq.draft_ids) + 1 if r.is_last_chunk else 0 for r in rows],
-            live_slots=[s.slot for s in self.scheduler.running],
         )
         try:
             return self.runner.execute(batch)

@@ -6,16 +6,21 @@ the first new token. The runner writes their K/V into the slot at those position
 left there: rollback is the engine moving its counter back) and returns logits for the last `num_logits` tokens of
 each row.
 
-Everything backend-specific (padding to static shapes, buckets, compiled K values, device placement) stays inside the
-runner; the engine never asks which backend it drives.
+Everything backend-specific (padding to static shapes, buckets, compiled K values, device placement, and which
+requests it can serve at all: `check_request`) stays inside the runner; the engine never asks which backend it drives.
+Runners subclass `Runner` to inherit the defaults (`warmup`, `check_request`, `release_slot` do nothing).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from engine.sampling.params import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,6 @@ class ForwardBatch:
     token_ids: list[list[int]]
     start_pos: list[int]
     num_logits: list[int]
-    live_slots: list[int] = field(default_factory=list)  # every slot holding a running sequence (Neuron needs it)
 
     def __post_init__(self) -> None:
         n = len(self.slot_ids)
@@ -71,12 +75,16 @@ class Runner(Protocol):
 
     def info(self) -> RunnerInfo: ...
 
-    def warmup(self) -> None:
+    def warmup(self) -> None:  # noqa: B027  (a default, not abstract)
         """Run representative shapes once so the first request does not pay compilation/allocation."""
 
     def execute(self, batch: ForwardBatch) -> torch.Tensor:
         """Run the batch; return float32 logits `[batch.total_logits, vocab]` on CPU or device, rows in batch order."""
         ...
 
-    def release_slot(self, slot: int) -> None:
+    def check_request(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:  # noqa: B027
+        """Raise an engine error (naming the field) if this backend cannot serve the request: a prompt past the
+        largest compiled bucket, sampling a fused device graph cannot do. Called once, at admission."""
+
+    def release_slot(self, slot: int) -> None:  # noqa: B027
         """The engine no longer uses `slot` (finished or aborted). Torch: nothing to do; Neuron may track live slots."""

@@ -33,8 +33,8 @@ share four hazards that shape this file:
    arrives. Target prompts longer than the largest bucket are refused at admission (`check_request`); a longer
    position-0 row (a draft model catching up on prompt + output) encodes one bucket and windows the rest.
 
-`ForwardBatch.live_slots` is not trusted for (1): the draft proposer lists only the sequences it drafts for. The runner's
-own mirror (what it wrote to each slot since the slot was last released) is the truth.
+For (1) the runner's own mirror (what it wrote to each slot since the slot was last released) is the truth: a batch
+lists only the rows with work (the draft proposer only the sequences it drafts for).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ from pathlib import Path
 import torch
 
 from engine.errors import PromptTooLongError
-from engine.runners.base import ForwardBatch, RunnerInfo
-from engine.runners.registry import RunnerSpec
+from engine.runners.base import ForwardBatch, Runner, RunnerInfo
+from engine.runners.options import NeuronOptions
 
 log = logging.getLogger("specserve.engine")
 
@@ -77,50 +77,6 @@ def library_missing(module: str, pip_name: str, where: str) -> str | None:
     except ImportError as e:
         return f"{pip_name} is not installed ({type(e).__name__}: {e}); it ships in {where}"
     return None
-
-
-@dataclass(frozen=True)
-class NeuronOptions:
-    """The `neuron` settings section as the runners see it (passed through `RunnerSpec.extra`)."""
-
-    tp_degree: int = 1
-    compiled_dir: str | None = None
-    context_buckets: tuple[int, ...] | None = None
-    token_buckets: tuple[int, ...] | None = None
-    k_values: tuple[int, ...] = ()
-    fused_speculation: bool = False
-    draft_model: str | None = None  # fused mode: the draft the target fuses with
-
-    @classmethod
-    def from_spec(cls, spec: RunnerSpec) -> NeuronOptions:
-        extra = dict(spec.extra)
-        known = {f for f in cls.__dataclass_fields__}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in extra.items() if k in known and v is not None}
-        return cls(**kw)
-
-
-def runner_extra(settings) -> tuple[tuple[str, object], ...]:
-    """`RunnerSpec.extra` for the Neuron runners, from `Settings` (the torch runner ignores it)."""
-    n = settings.neuron
-    k_default = settings.speculation.num_speculative_tokens
-    k_values = n.neuron_k_values or ([k_default] if k_default > 0 and settings.resolved_method != "none" else [])
-    draft = None
-    if n.neuron_fused_speculation and settings.resolved_method == "draft":
-        from engine.builder import resolve_models  # lazy: builder imports this module
-
-        draft = resolve_models(settings)[1]
-    return (
-        ("tp_degree", n.tp_degree),
-        ("compiled_dir", n.neuron_compiled_dir),
-        ("context_buckets", tuple(n.neuron_context_buckets) if n.neuron_context_buckets else None),
-        ("token_buckets", tuple(n.neuron_token_buckets) if n.neuron_token_buckets else None),
-        ("k_values", tuple(k_values)),
-        ("fused_speculation", n.neuron_fused_speculation),
-        ("draft_model", draft),
-        # torch backend (the Neuron runners ignore these two)
-        ("torch_compile", settings.engine.torch_compile),
-        ("torch_compile_cache_dir", settings.engine.torch_compile_cache_dir),
-    )
 
 
 def default_context_buckets(max_model_len: int) -> tuple[int, ...]:
@@ -195,7 +151,7 @@ class _WindowRow:
 
 
 @dataclass
-class SlotKVRunner(abc.ABC):
+class SlotKVRunner(Runner, abc.ABC):
     """Runner protocol over three backend calls a subclass provides (all slot tensors are `(max_slots,)`, slot i in
     row i; `live` (B,) bool is False for free rows, whose ids are filler at positions 1..m):
 

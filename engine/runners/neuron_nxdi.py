@@ -47,7 +47,6 @@ import torch
 from engine.errors import InvalidRequestError
 from engine.runners.base import Runner
 from engine.runners.neuron_common import (
-    NeuronOptions,
     SlotKVRunner,
     cache_dir_for,
     is_cache_hit,
@@ -137,7 +136,7 @@ def build(path: str, spec: RunnerSpec) -> Runner:
     )
     from neuronx_distributed_inference.utils.hf_adapter import load_pretrained_config
 
-    opts = NeuronOptions.from_spec(spec)
+    opts = spec.neuron
     if opts.fused_speculation:
         raise ValueError("--neuron-fused-speculation is implemented for --backend neuron-tnx only")
     ctx, tok = resolve_buckets(opts, spec.max_model_len)

@@ -11,6 +11,7 @@ pass/fail table. Exit status 0 when every check passes, 1 when one fails, 2 when
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -151,6 +152,7 @@ def _fused_check(fused, ref, vocab: int, tokens: int) -> Row:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.runners.options import NeuronOptions
     from engine.runners.registry import RunnerSpec
     from engine.runners.torch_runner import TorchRunner
 
@@ -167,9 +169,9 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="specserve-smoke-") as tmp:
         model_dir = write_tiny_model(Path(args.workdir or tmp) / "tiny-llama")
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-        base = (("tp_degree", args.tp_degree), ("compiled_dir", args.compiled_dir), ("k_values", tuple(ks)),
-                ("context_buckets", (16, 64)))
-        spec = RunnerSpec(max_slots=SLOTS, max_model_len=args.max_len, dtype="float32", device="cpu", extra=base)
+        base = NeuronOptions(tp_degree=args.tp_degree, compiled_dir=args.compiled_dir, k_values=tuple(ks),
+                             context_buckets=(16, 64))
+        spec = RunnerSpec(max_slots=SLOTS, max_model_len=args.max_len, dtype="float32", device="cpu", neuron=base)
 
         def torch_ref():
             return TorchRunner.from_pretrained(model_dir, max_slots=SLOTS, max_model_len=args.max_len,
@@ -180,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
         compile_s = time.monotonic() - t0
         rows = _checks(neuron, torch_ref(), vocab, ks, args.tokens)
         if args.fused:  # the tiny model drafts for itself: every draft is accepted, k + 1 tokens per device call
-            fused_spec = RunnerSpec(**{**spec.__dict__, "extra": base + (("fused_speculation", True),
-                                                                         ("draft_model", str(model_dir)))})
+            fused_spec = dataclasses.replace(spec, neuron=dataclasses.replace(
+                base, fused_speculation=True, draft_model=str(model_dir)))
             rows.append(_fused_check(backend.build(str(model_dir), fused_spec), torch_ref(), vocab, args.tokens))
     ok_all = True
     print(f"neuron-smoke: backend {backend.name} ({library_version(backend.name)}), torch {torch.__version__}, "

@@ -53,7 +53,6 @@ import torch
 from engine.errors import InvalidRequestError
 from engine.runners.base import ForwardBatch, Runner, RunnerInfo
 from engine.runners.neuron_common import (
-    NeuronOptions,
     SlotKVRunner,
     amp_for,
     cache_dir_for,
@@ -65,6 +64,7 @@ from engine.runners.neuron_common import (
     resolve_buckets,
     timed,
 )
+from engine.runners.options import NeuronOptions
 from engine.runners.registry import Backend, RunnerSpec, register_backend
 
 log = logging.getLogger("specserve.engine")
@@ -85,30 +85,26 @@ def _one_hot(token: int, vocab: int) -> torch.Tensor:
 
 
 class TnxRunner(SlotKVRunner):
+    """`LlamaForSampling` returning logits: the engine drafts and verifies (window graphs per compiled K + 1)."""
+
     def __init__(self, model, *, vocab_size: int, spec: RunnerSpec, context_buckets: tuple[int, ...],
-                 window_lengths: tuple[int, ...], allowed_k: tuple[int, ...], amp: str, fused=None):
+                 window_lengths: tuple[int, ...], allowed_k: tuple[int, ...], amp: str):
         super().__init__(vocab_size=vocab_size, max_slots=spec.max_slots, max_model_len=spec.max_model_len,
-                         context_buckets=context_buckets, window_lengths=window_lengths,
-                         allowed_k=(0,) if fused is not None else allowed_k, backend=BACKEND,
-                         dtype={"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[amp])
+                         context_buckets=context_buckets, window_lengths=window_lengths, allowed_k=allowed_k,
+                         backend=BACKEND, dtype={"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[amp])
         self.model = model
-        self.fused = fused  # (FusedSpeculativeDecoder, draft model) in fused mode
-        self.ahead: list[list[int]] = [[] for _ in range(spec.max_slots)]  # fused: device tokens not yet handed out
-        self.written: list[int] = [0] * spec.max_slots  # fused: positions < written[s] hold device-written K/V
 
     # -- backend calls ---------------------------------------------------------------------------------------------
 
     def _context(self, slot: int, tokens: list[int]) -> torch.Tensor:
+        out = self._encode(slot, tokens)
+        return out.reshape(-1, out.shape[-1])[-1, :self.vocab_size].float()  # (1, V) -> (V,)
+
+    def _encode(self, slot: int, tokens: list[int]):
         ids = torch.tensor([tokens], dtype=IDS)  # (1, n), n >= 2: context encoding of this slot only (base.py 506)
         cache_ids = torch.arange(len(tokens), dtype=IDS).unsqueeze(0)
         start_ids = torch.tensor([slot], dtype=IDS)
-        out = self.model.forward(ids, cache_ids=cache_ids, start_ids=start_ids)
-        if self.fused is None:
-            return out.reshape(-1, out.shape[-1])[-1, :self.vocab_size].float()  # (1, V) -> (V,)
-        # on-device generation: the target returned its next token id; the draft keeps its own cache
-        self.fused[1].forward(ids, cache_ids=cache_ids, start_ids=start_ids)
-        self.ahead[slot], self.written[slot] = [], len(tokens)
-        return _one_hot(int(out.reshape(-1)[0]), self.vocab_size)
+        return self.model.forward(ids, cache_ids=cache_ids, start_ids=start_ids)
 
     def _decode(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         # Free rows are left out: the library writes token 0 at their position 0 (base.py 576-585), same branch.
@@ -124,11 +120,29 @@ class TnxRunner(SlotKVRunner):
                                                 speculation_length=m)
         return logits.permute(2, 0, 1)[:, :, :self.vocab_size].float()  # (m, V, B) -> (B, m, V)
 
-    # -- fused mode ------------------------------------------------------------------------------------------------
+
+class FusedTnxRunner(TnxRunner):
+    """Fused mode (see the module docstring): draft and target in one device graph that samples greedily. The engine
+    does no speculation of its own (`allowed_k = (0,)`); the device's tokens are handed over one per step."""
+
+    def __init__(self, model, draft, fused, *, vocab_size: int, spec: RunnerSpec, context_buckets: tuple[int, ...],
+                 amp: str):
+        super().__init__(model, vocab_size=vocab_size, spec=spec, context_buckets=context_buckets,
+                         window_lengths=(), allowed_k=(0,), amp=amp)
+        self.fused = (fused, draft)  # (FusedSpeculativeDecoder, draft model)
+        self.ahead: list[list[int]] = [[] for _ in range(spec.max_slots)]  # device tokens not yet handed out
+        self.written: list[int] = [0] * spec.max_slots  # positions < written[s] hold device-written K/V
+
+    def _context(self, slot: int, tokens: list[int]) -> torch.Tensor:
+        out = self._encode(slot, tokens)
+        # on-device generation: the target returned its next token id; the draft keeps its own cache
+        ids = torch.tensor([tokens], dtype=IDS)
+        self.fused[1].forward(ids, cache_ids=torch.arange(len(tokens), dtype=IDS).unsqueeze(0),
+                              start_ids=torch.tensor([slot], dtype=IDS))
+        self.ahead[slot], self.written[slot] = [], len(tokens)
+        return _one_hot(int(out.reshape(-1)[0]), self.vocab_size)
 
     def check_params(self, params) -> None:
-        if self.fused is None:
-            return
         limits = [
             (params.temperature > 0 and params.top_k != 1, "temperature",
              "must be 0 (or top_k 1): fused speculation samples greedily on the Neuron device"),
@@ -151,16 +165,12 @@ class TnxRunner(SlotKVRunner):
         self.ahead[slot], self.written[slot] = [], 0
 
     def warmup(self) -> None:
-        if self.fused is None:
-            return super().warmup()
         n = min(16, self.max_context)
         self.execute(ForwardBatch([0], [[0] * n], [0], [1]))
         self.execute(ForwardBatch([0], [[0]], [n], [1]))
         self.release_slot(0)
 
     def execute(self, batch: ForwardBatch) -> torch.Tensor:
-        if self.fused is None:
-            return super().execute(batch)
         self._validate(batch)
         out = torch.empty(batch.total_logits, self.vocab_size, dtype=torch.float32)
         decode = []  # (row index, output offset)
@@ -220,7 +230,7 @@ class TnxRunner(SlotKVRunner):
                 self.ahead[slot], self.written[slot] = [], len(self.history[slot])
 
 
-class FusedDraftStub:
+class FusedDraftStub(Runner):
     """The draft 'runner' in fused mode: the target runner owns the draft model; this never runs (allowed_k = (0,))."""
 
     def __init__(self, vocab_size: int, spec: RunnerSpec):
@@ -278,7 +288,7 @@ def _compile(model, path: str, key: dict, opts: NeuronOptions) -> None:
 
 
 def build(path: str, spec: RunnerSpec) -> Runner:
-    opts = NeuronOptions.from_spec(spec)
+    opts = spec.neuron
     vocab = _vocab(path)
     if opts.fused_speculation and spec.role == "draft":
         return FusedDraftStub(vocab, spec)
@@ -292,7 +302,6 @@ def build(path: str, spec: RunnerSpec) -> Runner:
                          "transformers-neuronx looks the speculative input up in the context buckets (base.py 553-555)")
     key = {"role": spec.role, "slots": spec.max_slots, "ctx": ctx, "tok": tok, "lengths": lengths,
            "tp": opts.tp_degree, "amp": amp_for(spec.dtype), "fused": opts.fused_speculation}
-    fused = None
     if opts.fused_speculation:
         if not opts.draft_model or not ks:
             raise ValueError("--neuron-fused-speculation needs --draft-model and a K (--num-speculative-tokens or "
@@ -309,12 +318,12 @@ def build(path: str, spec: RunnerSpec) -> Runner:
         fsd = FusedSpeculativeDecoder(draft, model, max(ks), pad_token_id=vocab)
         _, seconds = timed(fsd.to_neuron)  # an nn.Module without save/load: built at every start
         log.info("%s: fused speculator (k=%d) built in %.1fs", BACKEND, max(ks), seconds)
-        fused, lengths = (fsd, draft), ()
-    else:
-        model = _load(path, spec, opts, ctx, tok, lengths)
-        _compile(model, path, key, opts)
+        return FusedTnxRunner(model, draft, fsd, vocab_size=vocab, spec=spec, context_buckets=ctx,
+                              amp=amp_for(spec.dtype))
+    model = _load(path, spec, opts, ctx, tok, lengths)
+    _compile(model, path, key, opts)
     return TnxRunner(model, vocab_size=vocab, spec=spec, context_buckets=ctx, window_lengths=lengths,
-                     allowed_k=(0, *ks), amp=amp_for(spec.dtype), fused=fused)
+                     allowed_k=(0, *ks), amp=amp_for(spec.dtype))
 
 
 register_backend(Backend(BACKEND, build, available))

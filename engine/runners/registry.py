@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.runners.base import Runner
+from engine.runners.options import NeuronOptions, TorchOptions
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,8 @@ class RunnerSpec:
     dtype: str = "auto"
     device: str = "auto"
     role: str = "target"  # "target" or "draft": Neuron runners compile them differently
-    extra: tuple[tuple[str, object], ...] = ()  # backend-specific settings (e.g. tp_degree, compiled dir)
+    torch: TorchOptions = field(default_factory=TorchOptions)  # read by the torch backend only
+    neuron: NeuronOptions = field(default_factory=NeuronOptions)  # read by the Neuron backends only
 
 
 @dataclass
@@ -69,11 +71,9 @@ def resolve_backend(name: str) -> Backend:
 def _build_torch(path: str, spec: RunnerSpec) -> Runner:
     from engine.runners.torch_runner import TorchRunner
 
-    extra = dict(spec.extra)
     return TorchRunner.from_pretrained(path, max_slots=spec.max_slots, max_model_len=spec.max_model_len,
-                                       dtype=spec.dtype, device=spec.device,
-                                       compile=bool(extra.get("torch_compile", False)),
-                                       compile_cache_dir=extra.get("torch_compile_cache_dir"))
+                                       dtype=spec.dtype, device=spec.device, compile=spec.torch.compile,
+                                       compile_cache_dir=spec.torch.compile_cache_dir)
 
 
 register_backend(Backend("torch", _build_torch, lambda: None))

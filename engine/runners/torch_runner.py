@@ -28,7 +28,7 @@ from engine.models.invariant_attention import pad_context
 from engine.models.kv_cache import KVCache
 from engine.models.llama import LlamaForCausalLM, StepInputs
 from engine.models.loader import load_model
-from engine.runners.base import ForwardBatch, RunnerInfo
+from engine.runners.base import ForwardBatch, Runner, RunnerInfo
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,7 +67,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     """Runner protocol over `LlamaForCausalLM` and a static slot KV cache."""
 
     def __init__(self, model: LlamaForCausalLM, *, max_slots: int, max_model_len: int, pack_weights: bool = True,

@@ -42,9 +42,7 @@ class DraftModelProposer:
                 tokens = [[s.draft_ids[-1]] for s, _ in rows]
                 starts = [s.num_tokens + step - 1 for s, _ in rows]
             batch = ForwardBatch(
-                slot_ids=[s.slot for s, _ in rows], token_ids=tokens, start_pos=starts, num_logits=[1] * len(rows),
-                live_slots=[s.slot for s in seqs],
-            )
+                slot_ids=[s.slot for s, _ in rows], token_ids=tokens, start_pos=starts, num_logits=[1] * len(rows))
             logits = self.runner.execute(batch)  # (len(rows), V)
             for (s, _), t in zip(rows, tokens, strict=True):
                 s.draft_num_computed += len(t)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from engine.engine import EngineLimits, LLMEngine
-from engine.runners.base import ForwardBatch, RunnerInfo
+from engine.runners.base import ForwardBatch, Runner, RunnerInfo
 from engine.spec.draft_model import DraftModelProposer
 
 V = 64
@@ -39,7 +39,7 @@ def true_next(tok: int, pos: int) -> int:
     return (31 * tok + 17 * (pos + 1) + 7) % V
 
 
-class SyntheticRunner:
+class SyntheticRunner(Runner):
     """`cost(rows, tokens) -> seconds` for one call; `acceptance` None = the target, else a draft that agrees with
     the target with that probability."""
 

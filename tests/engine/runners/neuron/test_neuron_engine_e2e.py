@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidRequestError
+from engine.runners.neuron_tnx import FusedTnxRunner
 from engine.sampling.params import SamplingParams
 from tests.engine.runners.neuron import fake_nxdi, fake_transformers_neuronx
 from tests.helpers.engines import greedy, make_engine, run_all, tokens_of
@@ -62,7 +63,7 @@ def assert_context_only_for_prompts(eng, backend: str) -> None:
         assert routes.count("context_encoding_model") == context_calls(eng)
         assert len(routes) > routes.count("context_encoding_model")
     else:
-        assert "context" not in fake_transformers_neuronx.ROUTES or eng.runner.fused is not None
+        assert "context" not in fake_transformers_neuronx.ROUTES or isinstance(eng.runner, FusedTnxRunner)
 
 
 @pytest.mark.parametrize("method, k", [("none", 0), ("ngram", 4), ("draft", 4)])

@@ -13,6 +13,7 @@ import torch
 
 from engine.runners import neuron_nxdi, neuron_tnx
 from engine.runners.base import ForwardBatch
+from engine.runners.options import NeuronOptions
 from engine.runners.registry import RunnerSpec
 from engine.runners.torch_runner import TorchRunner
 from tests.engine.runners.neuron import contract_model
@@ -23,7 +24,7 @@ SLOTS, MAX_LEN = 3, 96
 def spec(role: str = "target", **extra) -> RunnerSpec:
     extra = {"context_buckets": (16, 32), "k_values": (2, 4), **extra}
     return RunnerSpec(max_slots=SLOTS, max_model_len=MAX_LEN, dtype="float32", device="cpu", role=role,
-                      extra=tuple(extra.items()))
+                      neuron=NeuronOptions(**extra))
 
 
 def torch_runner(path) -> TorchRunner:

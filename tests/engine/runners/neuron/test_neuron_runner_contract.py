@@ -13,6 +13,7 @@ import torch
 from engine.errors import PromptTooLongError
 from engine.runners import neuron_nxdi, neuron_tnx
 from engine.runners.base import ForwardBatch, Runner
+from engine.runners.options import NeuronOptions
 from engine.runners.registry import RunnerSpec, resolve_backend
 from engine.runners.torch_runner import TorchRunner
 from engine.sampling.params import SamplingParams
@@ -25,7 +26,7 @@ BUILD = {"neuron-tnx": neuron_tnx.build, "neuron-nxdi": neuron_nxdi.build}
 def spec(role: str = "target", **extra) -> RunnerSpec:
     extra = {"context_buckets": (16, 32), "k_values": (2, 4), **extra}
     return RunnerSpec(max_slots=SLOTS, max_model_len=MAX_LEN, dtype="float32", device="cpu", role=role,
-                      extra=tuple(extra.items()))
+                      neuron=NeuronOptions(**extra))
 
 
 def torch_runner(path) -> TorchRunner:
@@ -65,8 +66,7 @@ class Schedule:
                 updates.append((slot, 1, drafts))
         if not rows:
             return self.step()
-        batch = ForwardBatch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-                             live_slots=sorted(self.seqs))
+        batch = ForwardBatch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
         return batch, updates
 
     def apply(self, updates, release) -> None:

@@ -1,17 +1,18 @@
-"""The `neuron` settings section: flags, env vars and YAML reach the Neuron runners through RunnerSpec.extra."""
+"""The `neuron` settings section: flags, env vars and YAML reach the Neuron runners as typed `NeuronOptions`."""
 
 from __future__ import annotations
 
 import pytest
 
 from config.loader import ConfigError, load_settings
-from engine.runners.neuron_common import NeuronOptions, default_context_buckets, resolve_buckets, runner_extra
-from engine.runners.registry import RunnerSpec
+from engine.builder import neuron_options
+from engine.runners.neuron_common import default_context_buckets, resolve_buckets
+from engine.runners.options import NeuronOptions
 from server.cli import main
 
 
 def options(settings) -> NeuronOptions:
-    return NeuronOptions.from_spec(RunnerSpec(max_slots=4, max_model_len=256, extra=runner_extra(settings)))
+    return neuron_options(settings)
 
 
 def test_env_and_cli_values_reach_the_runner_options(tmp_path):

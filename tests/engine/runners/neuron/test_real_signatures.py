@@ -17,6 +17,7 @@ import pytest
 
 from engine.runners import neuron_nxdi, neuron_tnx
 from engine.runners.base import ForwardBatch
+from engine.runners.options import NeuronOptions
 from engine.runners.registry import RunnerSpec
 from tests.engine.runners.neuron import contract_model, fake_nxdi, fake_transformers_neuronx
 
@@ -103,7 +104,7 @@ def test_fakes_declare_the_real_signatures(lib, version):
 
 def spec(**extra) -> RunnerSpec:
     extra = {"context_buckets": (16, 32), "k_values": (2, 4), **extra}
-    return RunnerSpec(max_slots=3, max_model_len=96, dtype="float32", device="cpu", extra=tuple(extra.items()))
+    return RunnerSpec(max_slots=3, max_model_len=96, dtype="float32", device="cpu", neuron=NeuronOptions(**extra))
 
 
 def exercise(run) -> None:
