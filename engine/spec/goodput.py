@@ -1,17 +1,16 @@
-"""Realized goodput per (batch-size cell, arm): what the adaptive policy measured, not what a model predicts.
+"""Measured step time per (batch-size cell, arm): the half of goodput the adaptive policy cannot compute.
 
 An *arm* is one way of allocating drafts in a step: a uniform cap K for every adaptive row, or the cost model's
-per-sequence allocation (`MODEL_ARM`). Each decode-only step that ran an arm adds one sample, its delivered tokens per
-sequence-second: per row, so nearby batch sizes compare (on a memory-bound device a step costs about the same at 12
-or 16 rows), and in delivered tokens, so whatever the proposer really produced (n-gram's short or missing drafts),
-what the verifier accepted and what a stop threw away are all in it.
+per-sequence allocation (`MODEL_ARM`). The policy scores an arm as (tokens the step is expected to deliver under it,
+from ONE acceptance estimate shared by all arms) / (its measured step time here). A step's time carries little luck
+(the same rows, the same number of tokens verified), while its delivered tokens carry all of it (a 4-row step either
+accepts a run or not): keeping luck out of the per-arm samples is what lets near-tied caps (K = 2..4 within a few %)
+be ranked from a handful of steps.
 
-Per cell and arm the table keeps the last `window` samples (delivered tokens per row, seconds, step taken); the
-estimate is their ratio of sums, i.e. goodput itself (a per-step median is biased: one step accepts all drafts, the
-next none), after dropping steps that took over 3x the window's median time (a neighbour took the CPU), from at
-least `min_samples` samples no older than `max_age` steps. An arm without fresh samples in its own cell borrows the estimate of the nearest cell that has them
-(a new batch size starts from its neighbours' ranking instead of exploring from nothing); the policy probes it
-locally soon after. Samples age out, so a change of regime (acceptance, co-tenancy, load) is re-measured.
+Per cell and arm the table keeps the last `window` step times; the estimate is their mean after dropping steps over
+3x the median (a neighbour took the CPU), from at least `min_samples` samples no older than `max_age` steps. An arm
+without local samples borrows from the nearest cell that measured it *and* an arm measured here, scaled by the ratio
+on that common arm (absolute times differ between batch sizes, ratios between arms much less).
 """
 
 from __future__ import annotations
@@ -32,20 +31,15 @@ def batch_cell(b: int) -> int:
     return -(-b // step) * step
 
 
-class GoodputTable:
-    def __init__(self, window: int = 16, min_samples: int = 3, max_age: int = 600):
+class StepTimes:
+    def __init__(self, window: int = 8, min_samples: int = 2, max_age: int = 3000):
         self.window = window
         self.min_samples = min_samples
         self.max_age = max_age
-        # (cell, arm) -> (step, delivered tokens per row, seconds)
-        self.samples: dict[tuple[int, int], deque[tuple[int, float, float]]] = {}
+        self.samples: dict[tuple[int, int], deque[tuple[int, float]]] = {}  # (cell, arm) -> (step, seconds)
 
-    def add(self, cell: int, arm: int, step: int, tokens_per_row: float, seconds: float) -> None:
-        self.samples.setdefault((cell, arm), deque(maxlen=self.window)).append((step, tokens_per_row, seconds))
-
-    def fresh(self, cell: int, arm: int, now: int) -> list[tuple[float, float]]:
-        """(tokens per row, seconds) of the samples at (cell, arm) no older than max_age steps."""
-        return [(n, t) for s, n, t in self.samples.get((cell, arm), ()) if now - s <= self.max_age]
+    def add(self, cell: int, arm: int, step: int, seconds: float) -> None:
+        self.samples.setdefault((cell, arm), deque(maxlen=self.window)).append((step, seconds))
 
     def last_step(self, cell: int, arm: int) -> int:
         """Step of the newest sample at (cell, arm); -1 if none."""
@@ -53,27 +47,32 @@ class GoodputTable:
         return d[-1][0] if d else -1
 
     def local(self, cell: int, arm: int, now: int) -> float | None:
-        """Tokens per sequence-second of this cell's own fresh samples, or None with fewer than min_samples."""
-        got = self.fresh(cell, arm, now)
+        """Mean seconds of this cell's fresh samples of `arm` (outliers dropped), None with fewer than min_samples."""
+        got = [t for s, t in self.samples.get((cell, arm), ()) if now - s <= self.max_age]
         if len(got) < self.min_samples:
             return None
-        limit = 3.0 * statistics.median(t for _, t in got)
-        kept = [(n, t) for n, t in got if t <= limit]
-        return sum(n for n, _ in kept) / max(sum(t for _, t in kept), 1e-12)
+        limit = 3.0 * statistics.median(got)
+        kept = [t for t in got if t <= limit]
+        return sum(kept) / len(kept)
 
-    def step_seconds(self, cell: int, arm: int, now: int) -> float | None:
-        """Mean seconds of a step of `arm` in this cell (fresh samples), or None if it has none."""
-        got = self.fresh(cell, arm, now)
-        return sum(t for _, t in got) / len(got) if got else None
-
-    def estimate(self, cell: int, arm: int, now: int) -> float | None:
-        """This cell's own estimate if it has one, else the nearest cell's (in log batch size), else None."""
-        own = self.local(cell, arm, now)
-        if own is not None:
-            return own
-        others = sorted({c for c, a in self.samples if a == arm and c != cell}, key=lambda c: abs(math.log(c / cell)))
-        for c in others:
-            est = self.local(c, arm, now)
-            if est is not None:
-                return est
-        return None
+    def borrow(self, cell: int, times: dict[int, float | None], now: int) -> dict[int, float | None]:
+        """`times` (arm -> this cell's seconds or None) with the gaps filled from other cells, nearest first (in log
+        batch size), each scaled by the ratio of the two cells' times on the arms both have. With nothing measured
+        here the nearest measured cell's times are taken as they are (a ranking needs only their ratios)."""
+        out = dict(times)
+        cells = sorted({c for c, _ in self.samples if c != cell}, key=lambda c: abs(math.log(c / cell)))
+        for c in cells:
+            if all(v is not None for v in out.values()):
+                break
+            theirs = {a: self.local(c, a, now) for a in out}
+            common = [a for a in out if out[a] is not None and theirs[a] is not None]
+            if common:
+                scale = sum(out[a] for a in common) / sum(theirs[a] for a in common)
+            elif all(v is None for v in out.values()):
+                scale = 1.0
+            else:
+                continue
+            for a, t in theirs.items():
+                if out[a] is None and t is not None:
+                    out[a] = t * scale
+        return out

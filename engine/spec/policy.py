@@ -1,30 +1,32 @@
 """Speculation policy: how many draft tokens each decoding sequence gets this step.
 
 Goal: the most delivered tokens per second, and never much less than the better of K = 0 and the best fixed K, at
-any load, on any device. A fitted cost model alone cannot promise that (a linear fit of a CPU's step time is off
-by more than the margin between the choices, and while one K runs, rows and draft tokens are collinear), so the
-policy *measures*: it is a bandit over a few *arms* per batch-size cell (`engine.spec.goodput`):
+any load, on any device. A fitted cost model alone cannot promise that (a linear fit of a CPU's step time is off by
+more than the margin between the choices), and a bandit over realized goodput ranks near-tied choices by luck (a
+4-row step either accepts a run or not). So goodput is split in its two halves, each measured where it is cheap:
 
-- a uniform cap K for every adaptive row, for each allowed K (K = 0 and K_max included, so the fixed choices the
-  policy is judged against are arms themselves);
-- the cost model's per-sequence allocation (`MODEL_ARM`): with per-token acceptance a_i, sequence i gets
+- **tokens**, from ONE estimate shared by every arm and fed by every verify: per-token acceptance a_i per sequence
+  (accepted drafts are successes, a rejection one failure: the ML estimate of a geometric acceptance), recency-weighted
+  and pulled toward the global rate; and the proposer's *supply* per sequence, q_ij = P(at least j drafts | asked for
+  j or more), which is 1 for a draft model and what n-gram really produces (short or empty drafts). A row at cap k
+  delivers E_i(k) = 1 + sum_{j<=k} q_ij a_i^j tokens in expectation;
+- **step time**, per batch-size cell and *arm*, from that arm's own steps only (`engine.spec.goodput.StepTimes`).
 
-      k_i = min(K, largest j with a_i^j >= theta),   theta = (tokens/s at K=0) * (seconds per extra draft token)
+Arms: a uniform cap K for every adaptive row, for each allowed K (K = 0 and K_max included, so the fixed choices the
+policy is judged against are always measured), and the cost model's per-sequence allocation (`MODEL_ARM`): with
+acceptance a_i, sequence i gets k_i = min(K, largest j with a_i^j >= theta), theta = (tokens/s at K=0) * (seconds per
+extra draft token), priced whole by `StepCostModel` (opted-out rows at K = 0, seeded rows at their fixed K, prompt
+tokens prefilled beside them). An arm's score is sum_i E_i(k_i) over the step's rows / its step time here; the policy
+runs the best. An arm with no time here borrows one: interpolated between K = 0 and K_max (a verify and a draft pass
+cost about linearly in K), or from the nearest cell scaled on a common arm.
 
-  for the cap K whose allocation maximises sum_i E(a_i, k_i) / t(k), E(a, k) = (1 - a^(k+1)) / (1 - a), t from
-  `StepCostModel`. The step is priced whole: opted-out rows at K = 0, seeded rows at their fixed K, and the prompt
-  tokens prefilled beside them. It wins when acceptance differs between sequences enough that one cap fits none.
-
-Each decode-only step adds its realized tokens per sequence-second to the arm it ran; the policy runs the arm with the
-best goodput in the step's cell. Every `probe_every` steps of a cell it runs the arm measured longest ago there (every
-`probe_every_new` steps while some arm has no fresh sample of its own there), so the ranking follows a change of
-regime; samples older than `max_age` steps expire. The realized rate carries everything a model would have to
-guess: n-gram drafts shorter than asked (or none), mixed batches, what a stop threw away. Steps with prefill are
-not learned from (their time is mostly the prompt's); they run the cell's best arm.
-
-Acceptance a_i is estimated per sequence from its verifies (accepted drafts are successes, a rejection is one failure:
-the maximum-likelihood estimate of a geometric acceptance), recency-weighted and pulled toward the global rate, which
-is the prior for new requests.
+Probes: K = 0, K_max and any arm within `close` of the best are measured in every cell they matter in (a short burst,
+one step more after a K = 0 stretch, whose first draft step also pays the draft model's catch-up and is not timed);
+then one re-measure every `interval` decisions of a cell, the interval doubling (to `probe_max`) each time a re-measure
+leaves the ranking as it was and reset when it changes it. A probe of a bad arm costs goodput, so probes may lose at
+most `probe_share` of the cell's time (counted with their predicted loss). Steps with prefill run the cell's best arm
+and time nothing (their time is mostly the prompt's). A regime change re-ranks at once when acceptance or supply moves
+(shared estimates) or the running arm's time moves; a cheaper other arm is found by the re-measures.
 
 Seeded sampled requests (seed set, temperature > 0) always get K_max: the random draws a request consumes depend on the
 K of each step, so a K that followed load would make the same seed give different text (the scheduler then caps it
@@ -33,18 +35,23 @@ deterministic at any K and adapt freely. A static policy (`--speculative-policy 
 """
 from __future__ import annotations
 
+import weakref
+from collections import deque
 from collections.abc import Sequence as Seq
 
 from engine.sequence import Sequence
 from engine.spec.cost_model import StepCostModel
-from engine.spec.goodput import MODEL_ARM, GoodputTable, batch_cell
+from engine.spec.goodput import MODEL_ARM, StepTimes, batch_cell
 from engine.stats import StepRecord
 
-ACCEPT_DECAY = 0.8  # per verify: weight of a sequence's older evidence
-PRIOR_WEIGHT = 1.0  # pseudo-observations of the global rate in each sequence's estimate
+ACCEPT_DECAY = 0.9  # per verify: weight of a sequence's older acceptance evidence (~10 verifies)
+PRIOR_WEIGHT = 1.0  # pseudo-observations of the global rate in each sequence's acceptance
+SUPPLY_PRIOR = 0.5  # pseudo-observations of the global supply in each sequence's supply
+GLOBAL_DECAY = 0.98  # per verify, for the global acceptance and supply (~50 verifies)
+SUPPLY_DECAY = 0.9  # per verify, for a sequence's supply (n-gram's matches come and go with the text)
 
 
-def expected_tokens(a: float, k: int) -> float:
+def expected_tokens(a: float, k: float) -> float:
     """E[tokens emitted] verifying k drafts at per-token acceptance a (accepted prefix + 1 target token)."""
     if k <= 0:
         return 1.0
@@ -64,6 +71,29 @@ def needs_fixed_k(seq: Sequence) -> bool:
     return seq.needs_fixed_k
 
 
+class Supply:
+    """Decayed counts, per draft position j = 1..K_max, of verifies asked for >= j drafts that reached j - 1 (at risk)
+    and of those that produced the j-th (survived): q_j = prod_{m<=j} survived_m / at_risk_m."""
+
+    def __init__(self, k_max: int, decay: float, prior: float = 1.0):
+        self.decay = decay
+        self.at_risk = [prior] * (k_max + 1)  # index j = position (0 unused)
+        self.survived = [prior] * (k_max + 1)
+
+    def add(self, asked: int, produced: int) -> None:
+        for j in range(1, len(self.at_risk)):
+            self.at_risk[j] *= self.decay
+            self.survived[j] *= self.decay
+        for j in range(1, min(asked, len(self.at_risk) - 1) + 1):
+            if produced < j - 1:
+                break
+            self.at_risk[j] += 1.0
+            self.survived[j] += 1.0 if produced >= j else 0.0
+
+    def hazard(self, j: int) -> float:
+        return self.survived[j] / max(self.at_risk[j], 1e-12)
+
+
 class StaticPolicy:
     """Always K_max (for requests that allow speculation)."""
 
@@ -79,29 +109,39 @@ class StaticPolicy:
 
 class AdaptivePolicy:
     def __init__(self, k_max: int, allowed_k: Seq[int] | None = None, *, prior_acceptance: float = 0.6,
-                 probe_every: int = 16, probe_every_new: int = 4, probe_share: float = 0.015, model_arm: bool = True,
-                 table: GoodputTable | None = None):
+                 probe_every: int = 16, probe_every_new: int = 4, probe_max: int = 256, probe_share: float = 0.02,
+                 close: float = 0.03, burst: int = 2, model_arm: bool = True, table: StepTimes | None = None):
         self.ks = sorted(k for k in (allowed_k if allowed_k is not None else range(k_max + 1)) if k <= k_max)
         if 0 not in self.ks:
             self.ks.insert(0, 0)
+        self.k_max = self.ks[-1]
         self.cost = StepCostModel()
-        self.table = table or GoodputTable()
+        self.times = table or StepTimes()
         self.global_successes = 4.0 * prior_acceptance  # decayed totals over all sequences' verifies
         self.global_failures = 4.0 * (1.0 - prior_acceptance)
-        self.probe_every = probe_every
-        self.probe_every_new = probe_every_new
-        self.probe_share = probe_share
-        self.cell_seconds: dict[int, float] = {}  # cell -> seconds of decode-only steps decided there
-        self.probe_loss: dict[int, float] = {}  # cell -> seconds of goodput the probes there lost
-        self.last_loss: dict[tuple[int, int], float] = {}  # (cell, arm) -> what its latest probe lost
-        self._probe_best = 0.0  # best arm's goodput when the pending probe was chosen
+        self.global_supply = Supply(self.k_max, GLOBAL_DECAY)
+        self.supply: weakref.WeakKeyDictionary[Sequence, Supply] = weakref.WeakKeyDictionary()
+        self.probe_every, self.probe_every_new, self.probe_max = probe_every, probe_every_new, probe_max
+        self.probe_share, self.close, self.burst = probe_share, close, burst
         self.model_arm = model_arm and len(self.ks) > 1
         self.steps = 0  # steps observed: the clock samples are stamped with
-        self.cell_steps: dict[int, int] = {}  # cell -> decode-only decisions taken there (the probe schedule)
-        self.tried_at: dict[int, int] = {}  # arm -> step it last ran (round robin over arms not measured anywhere)
+        self.cell_steps: dict[int, int] = {}  # cell -> decode-only decisions taken there
+        self.cell_seconds: dict[int, float] = {}  # cell -> seconds of decode-only steps decided there
+        self.probe_loss: dict[int, float] = {}  # cell -> seconds the probes there are estimated to have lost
+        self.interval: dict[int, int] = {}  # cell -> decisions between re-measures (grows while the ranking holds)
+        self.next_refresh: dict[int, int] = {}  # cell -> decision count of the next re-measure
+        self._burst: dict[int, tuple[int, int]] = {}  # cell -> (arm, decisions left) of the probe under way
+        self._check: dict[int, int] = {}  # cell -> best arm before the re-measure under way
+        self.model_samples: dict[int, deque[tuple[float, float]]] = {}  # cell -> (seconds, draft share) of MODEL_ARM
+        self.tried_at: dict[int, int] = {}  # arm -> step it last ran
         self.last_arm: int | None = None  # the arm of the latest decision (tests and replays read it)
         self.last_probe = False  # whether the latest decision was a probe
-        self._pending: tuple[int, int, bool] | None = None  # (cell, arm, probe?) the next observe() scores
+        self.last_scores: dict[int, float] = {}  # arm -> score (tokens/s) at the latest decision
+        self._prev: tuple[int, bool] | None = None  # (arm, probe?) of the previous decode-only decision
+        # (cell, arm, seconds lost per second of the step or 0, seqs, K asked per seq) the next observe() scores
+        self._pending: tuple[int, int, float, list[Sequence], list[int], bool] | None = None
+
+    # -- the shared estimates ------------------------------------------------------------------------------------
 
     @property
     def global_acceptance(self) -> float:
@@ -110,6 +150,18 @@ class AdaptivePolicy:
     def acceptance(self, seq: Sequence) -> float:
         s, f = seq.accept_successes, seq.accept_failures
         return (s + PRIOR_WEIGHT * self.global_acceptance) / (s + f + PRIOR_WEIGHT)
+
+    def token_curve(self, seq: Sequence) -> list[float]:
+        """E[tokens delivered] by this row at k = 0..K_max: 1 + sum_{j<=k} q_j a^j (shape (K_max + 1,))."""
+        a = self.acceptance(seq)
+        own = self.supply.get(seq)
+        out, q, aj = [1.0], 1.0, 1.0
+        for j in range(1, self.k_max + 1):
+            g = self.global_supply.hazard(j)
+            h = g if own is None else (own.survived[j] + SUPPLY_PRIOR * g) / (own.at_risk[j] + SUPPLY_PRIOR)
+            q, aj = q * h, aj * a
+            out.append(out[-1] + q * aj)
+        return out
 
     @property
     def arms(self) -> list[int]:
@@ -124,48 +176,111 @@ class AdaptivePolicy:
         if len(self.ks) == 1 or not any(s.params.speculative and not needs_fixed_k(s) for s in seqs):
             return self.allocate(seqs, 0, prefill_tokens)
         cell = batch_cell(len(seqs))
-        arm = self._pick_arm(cell, learn=prefill_tokens == 0)
+        allocs = {a: self.allocate(seqs, a, prefill_tokens) for a in self.arms}
+        if MODEL_ARM in allocs and any(allocs[MODEL_ARM] == allocs[k] for k in self.ks):
+            del allocs[MODEL_ARM]  # the model allocates a uniform cap: that cap's arm, already measured as such
+        arm, loss = self._pick_arm(cell, seqs, allocs, learn=prefill_tokens == 0)
         self.tried_at[arm] = self.steps
         self.last_arm = arm
-        if prefill_tokens == 0:
-            self._pending = (cell, arm, self.last_probe)
-        return self.allocate(seqs, arm, prefill_tokens)
+        if prefill_tokens == 0:  # drafts asked per row, within the room the scheduler leaves
+            asked = [min(k, max(0, s.max_total_len - s.num_tokens - 1)) for s, k in zip(seqs, allocs[arm], strict=True)]
+            self._pending = (cell, arm, loss, seqs, asked, self.last_probe)
+        return allocs[arm]
 
-    def _pick_arm(self, cell: int, learn: bool) -> int:
-        now = self.steps
+    def _step_times(self, cell: int, seqs: list[Sequence], allocs: dict[int, list[int]]) -> dict[int, float | None]:
+        """Seconds of a step of each arm here: measured, else interpolated between K = 0 and K_max, else borrowed.
+        The model arm's allocation moves with the estimates, so its samples are shifted to today's allocation along
+        the K = 0 .. K_max line (its time is that line's, plus what its own samples say it differs by)."""
+        now, k_max = self.steps, self.k_max
+        times = {a: self.times.local(cell, a, now) if a != MODEL_ARM else None for a in allocs}
+        frac = {a: self._draft_share(seqs, ks) for a, ks in allocs.items()}
+
+        def interpolate(t: dict[int, float | None]) -> None:
+            t0, tk = t.get(0), t.get(k_max)
+            if t0 is None or tk is None:
+                return
+            for a in t:
+                if t[a] is None:
+                    t[a] = t0 + (tk - t0) * frac[a]
+            if MODEL_ARM in t and (own := self.model_samples.get(cell)):
+                t[MODEL_ARM] += sum(sec - (t0 + (tk - t0) * f) for sec, f in own) / len(own)
+
+        interpolate(times)
+        times = self.times.borrow(cell, times, now)
+        interpolate(times)
+        return times
+
+    def _measured(self, cell: int, arm: int) -> bool:
+        """Whether `arm` has a time of its own in this cell."""
+        if arm == MODEL_ARM:
+            return len(self.model_samples.get(cell, ())) >= self.times.min_samples
+        return self.times.local(cell, arm, self.steps) is not None
+
+    def _draft_share(self, seqs: list[Sequence], ks: list[int]) -> float:
+        """Mean K over the adaptive rows, as a share of K_max."""
+        mine = [k for s, k in zip(seqs, ks, strict=True) if s.params.speculative and not needs_fixed_k(s)]
+        return sum(mine) / (max(len(mine), 1) * self.k_max)
+
+    def _pick_arm(self, cell: int, seqs: list[Sequence], allocs: dict[int, list[int]],
+                  learn: bool) -> tuple[int, float]:
+        """(arm, predicted share of the step's time it loses against the best: > 0 only for probes)."""
         self.last_probe = False
-        est = {a: self.table.estimate(cell, a, now) for a in self.arms}
-        unknown = [a for a, e in est.items() if e is None]
-        self._probe_best = 0.0
-        if unknown:  # measured nowhere yet: try those, least recently tried first
+        curves = [self.token_curve(s) for s in seqs]
+        rooms = [max(0, s.max_total_len - s.num_tokens - 1) for s in seqs]
+        times = self._step_times(cell, seqs, allocs)
+        unknown = [a for a, t in times.items() if t is None]
+        if unknown:  # measured nowhere yet: K = 0 and K_max first (the rest interpolate), each until it has a time
             self.last_probe = True
-            return min(unknown, key=lambda a: self.tried_at.get(a, -1))
-        best = max(est, key=lambda a: est[a])
+            if self.last_arm in unknown:
+                return self.last_arm, 0.0
+            return min(unknown, key=lambda a: (a not in (0, self.k_max), self.tried_at.get(a, -1))), 0.0
+        tokens = {a: sum(c[min(k, r, self.k_max)] for c, k, r in zip(curves, ks, rooms, strict=True))
+                  for a, ks in allocs.items()}
+        score = self.last_scores = {a: tokens[a] / max(times[a], 1e-12) for a in allocs}
+        best = max(score, key=lambda a: score[a])
         if not learn:
-            return best
-        n = self.cell_steps[cell] = self.cell_steps.get(cell, 0) + 1
-        missing = [a for a in est if self.table.local(cell, a, now) is None]
-        if n % (self.probe_every_new if missing else self.probe_every):
-            return best
-        # Arms far behind the best cost the most to probe and are least likely to overtake: every 4th probe only.
-        pool = missing or [a for a in est if a != best and (est[a] >= 0.8 * est[best] or n % (4 * self.probe_every) == 0)]
-        # A probe is paid in lost time, not steps (at a compute-bound batch one K_max step costs several K = 0
-        # steps): seconds * (1 - rate / best rate). Probes may lose at most `probe_share` of the cell's time.
-        room = self.probe_share * self.cell_seconds.get(cell, 0.0) - self.probe_loss.get(cell, 0.0)
-        pool = [a for a in pool if self._probe_loss(cell, a, est, best) <= room]
-        if not pool:
-            return best
-        self.last_probe = True
-        pick = min(pool, key=lambda a: self.table.last_step(cell, a))
-        self._probe_best = est[best]
-        return pick
+            return best, 0.0
 
-    def _probe_loss(self, cell: int, arm: int, est: dict[int, float], best: int) -> float:
-        """Seconds of goodput a step of `arm` is expected to lose against `best` in this cell: from its samples, or
-        what its last probe really lost if more (after a K = 0 stretch a draft model first catches up on every
-        token it skipped, which its older samples may not show)."""
-        seconds = self.table.step_seconds(cell, arm, self.steps) or 0.0
-        return max(seconds * max(0.0, 1.0 - est[arm] / max(est[best], 1e-12)), self.last_loss.get((cell, arm), 0.0))
+        def loss(a: int) -> float:
+            return max(0.0, 1.0 - score[a] / score[best])
+
+        if cell in self._burst:  # a probe under way runs its burst out
+            arm, left = self._burst[cell]
+            if left > 1:
+                self._burst[cell] = (arm, left - 1)
+            else:
+                del self._burst[cell]
+            if arm in score:
+                self.last_probe = True
+                return arm, loss(arm)
+        n = self.cell_steps[cell] = self.cell_steps.get(cell, 0) + 1
+        if cell in self._check:  # a re-measure has run: did it change the ranking?
+            kept = self._check.pop(cell) == best
+            self.interval[cell] = min(2 * self.interval.get(cell, self.probe_every), self.probe_max) if kept \
+                else self.probe_every
+            self.next_refresh[cell] = n + self.interval[cell]
+        matters = [a for a in score if a != best and (a in (0, self.k_max) or loss(a) <= self.close)]
+        missing = [a for a in matters if not self._measured(cell, a)]
+        refresh = n >= self.next_refresh.setdefault(cell, n + self.probe_every)
+        if missing and n % self.probe_every_new == 0:
+            pool = missing
+        elif refresh:
+            pool = [a for a in score if a != best and (a in (0, self.k_max) or loss(a) <= 0.1)]
+        else:
+            return best, 0.0
+        room = self.probe_share * self.cell_seconds.get(cell, 0.0) - self.probe_loss.get(cell, 0.0)
+        length = {a: self.burst + (not self._measured(cell, a)) for a in pool}
+        pool = [a for a in pool if length[a] * times[a] * loss(a) <= room]
+        if not pool:
+            return best, 0.0
+        pick = min(pool, key=lambda a: self.times.last_step(cell, a))
+        if length[pick] > 1:
+            self._burst[cell] = (pick, length[pick] - 1)
+        if refresh and pick not in missing:
+            self._check[cell] = best
+            self.next_refresh[cell] = n + self.interval.get(cell, self.probe_every)
+        self.last_probe = True
+        return pick, loss(pick)
 
     def allocate(self, seqs: list[Sequence], arm: int, prefill_tokens: int = 0) -> list[int]:
         """K per sequence under `arm`: opted-out rows 0, seeded sampled rows K_max, adaptive rows the arm's K."""
@@ -224,18 +339,34 @@ class AdaptivePolicy:
         verified = rec.num_accepted if rec.num_verified_accepted is None else rec.num_verified_accepted
         for d, acc in zip(rec.num_draft, verified, strict=True):
             if d:
-                self.global_successes = 0.98 * self.global_successes + acc
-                self.global_failures = 0.98 * self.global_failures + (1.0 if acc < d else 0.0)
+                self.global_successes = GLOBAL_DECAY * self.global_successes + acc
+                self.global_failures = GLOBAL_DECAY * self.global_failures + (1.0 if acc < d else 0.0)
         pending, self._pending = self._pending, None
-        if pending and rec.batch_size and not rec.num_prefill_tokens and rec.seconds > 0:
-            cell, arm, probe = pending
+        if pending and rec.batch_size == len(pending[3]) and not rec.num_prefill_tokens and rec.seconds > 0:
+            cell, arm, loss, seqs, asked, probe = pending
+            # Decode-only: the record's rows are the decoding sequences the policy was asked about, in order.
+            # A step in which no row got a draft says nothing about supply: a draft fault (the engine fell back to
+            # K = 0), or n-gram with no match anywhere, which costs what K = 0 costs anyway.
+            for s, k, d in zip(seqs, asked, rec.num_draft, strict=True):
+                if k > 0 and rec.total_draft:
+                    self.global_supply.add(k, d)
+                    own = self.supply.get(s)
+                    if own is None:
+                        own = self.supply[s] = Supply(self.k_max, SUPPLY_DECAY, prior=0.0)
+                    own.add(k, d)
             self.cell_seconds[cell] = self.cell_seconds.get(cell, 0.0) + rec.seconds
-            if probe and self._probe_best > 0:  # what this probe really lost against the best arm
-                rate = rec.emitted_tokens / rec.batch_size / rec.seconds
-                lost = rec.seconds * max(0.0, 1.0 - rate / self._probe_best)
-                self.probe_loss[cell] = self.probe_loss.get(cell, 0.0) + lost
-                self.last_loss[(cell, arm)] = lost
-            self.table.add(cell, arm, self.steps, rec.emitted_tokens / rec.batch_size, rec.seconds)
+            self.probe_loss[cell] = self.probe_loss.get(cell, 0.0) + rec.seconds * loss
+            # A probe's switch to or from K = 0 makes a draft model's next draft pass also catch up on every token
+            # it skipped: a switching cost (charged to the probe's loss), not the drafting arm's step time.
+            switch = self._prev is not None and self._prev[0] == 0 and arm != 0 and (probe or self._prev[1])
+            if switch:
+                pass
+            elif arm == MODEL_ARM:
+                self.model_samples.setdefault(cell, deque(maxlen=8)).append(
+                    (rec.seconds, self._draft_share(seqs, asked)))
+            else:
+                self.times.add(cell, arm, self.steps, rec.seconds)
+            self._prev = (arm, probe)
         if rec.batch_size or rec.num_prefill_tokens:
             self.cost.observe(rec.batch_size, rec.total_draft, max(rec.num_draft, default=0), rec.num_prefill_tokens,
                               rec.seconds)

@@ -68,10 +68,9 @@ def test_sweep_across_the_crossover_follows_the_device(monkeypatch):
             assert sum(k == 0 for k in tail) >= 180, (b, tail)
         else:
             assert sum(k > 0 for k in tail) >= 180, (b, tail)
-        # Past the knee the choice is clear-cut and the goal (0.97x) holds; below it K = 2, 3, 4 are within ~5 % of
-        # each other and a 2-8 row step either accepts a run or not, so the bandit's ranking of near-ties is noisy:
-        # 0.94-0.96x measured here (the known gap, see the issue-14 report).
-        goal = 0.97 if best == 0 else 0.93
+        # Below the knee K = 2, 3, 4 are within ~5 % of each other: ranked by one shared acceptance estimate and
+        # each arm's own step time, the near-ties no longer cost the goal (the luck-mixed bandit reached 0.94-0.96x).
+        goal = 0.97
         assert tail_rate(tokens_at, 200) >= goal * max(fixed.values()), (b, tail_rate(tokens_at, 200), fixed)
     assert max(range(K_MAX + 1), key=lambda k: true_rate(2, k, a)) > 0
     assert max(range(K_MAX + 1), key=lambda k: true_rate(32, k, a)) == 0
