@@ -5,8 +5,8 @@
 
 The default pair (SmolLM2-135M-Instruct + its 2-layer draft, bf16, 1 thread) is loaded the way `specserve serve`
 loads it. For each of the first --prompts bundled `chat` prompts (chat template applied) and each sampling setting,
-the target samples a continuation of up to --positions tokens at that setting (its own decode steps, stopping at
-EOS); at every position t the processed target distribution target_probs[t] (from that decode step) and the processed
+the target samples a continuation of up to --positions tokens at that setting (its own decode steps, the prompts
+batched, stopping at EOS); at every position t the processed target distribution target_probs[t] (from that decode step) and the processed
 draft distribution draft_probs[t] (one draft prefill over prompt + continuation, teacher-forced) both go through the
 engine's logits pipeline (`process_logits` then `probs_from_processed`), so temperature and top-p are applied exactly
 as the engine applies them. Per position:
@@ -56,27 +56,37 @@ SETTINGS = {"T=0.7": {"temperature": 0.7}, "T=1.0": {"temperature": 1.0},
 KS = (1, 2, 4)
 
 
-def continuation(target, prompt: list[int], params: SamplingParams, n: int, eos: set[int], gen) -> tuple[list[int],
-                                                                                                         torch.Tensor]:
-    """(sampled tokens, processed target probs `[len, V]`): row t = the target's law of token t given the prefix."""
-    logits = target.execute(ForwardBatch([0], [prompt], [0], [1], live_slots=[0]))  # (1, V)
-    out: list[int] = []
-    rows = []
-    while True:
-        ctx = RowContext(params, prompt, list(out))
-        processed = process_logits(logits, [ctx])  # (1, V)
-        rows.append(probs_from_processed(processed)[0])
-        tok = int(sample(processed, [ctx], [gen])[0])
-        out.append(tok)
-        if len(out) == n or tok in eos:
-            return out, torch.stack(rows)
-        logits = target.execute(ForwardBatch([0], [[tok]], [len(prompt) + len(out) - 1], [1], live_slots=[0]))
+def continuations(target, prompts: list[list[int]], params: SamplingParams, n: int, eos: set[int],
+                  gens) -> list[tuple[list[int], torch.Tensor]]:
+    """Per prompt (sampled tokens, processed target probs `[len, V]`): row t = the target's law of token t given the
+    prefix. Prompt i lives in slot i; all unfinished prompts decode together, one batched target step per position
+    (memory-bound: about the cost of one row), each sampling from its own generator."""
+    slots = list(range(len(prompts)))
+    logits = torch.cat([target.execute(ForwardBatch([i], [p], [0], [1], live_slots=slots))
+                        for i, p in enumerate(prompts)])  # (B, V)
+    outs: list[list[int]] = [[] for _ in prompts]
+    rows: list[list[torch.Tensor]] = [[] for _ in prompts]
+    live = slots
+    while live:
+        ctxs = [RowContext(params, prompts[i], list(outs[i])) for i in live]
+        processed = process_logits(logits, ctxs)  # (len(live), V)
+        probs = probs_from_processed(processed)
+        toks = sample(processed, ctxs, [gens[i] for i in live]).tolist()
+        for r, (i, tok) in enumerate(zip(live, toks, strict=True)):
+            rows[i].append(probs[r])
+            outs[i].append(tok)
+        live = [i for i in live if len(outs[i]) < n and outs[i][-1] not in eos]
+        if live:
+            logits = target.execute(ForwardBatch(live, [[outs[i][-1]] for i in live],
+                                                 [len(prompts[i]) + len(outs[i]) - 1 for i in live], [1] * len(live),
+                                                 live_slots=slots))
+    return [(o, torch.stack(r)) for o, r in zip(outs, rows, strict=True)]
 
 
 def draft_rows(draft, prompt: list[int], out: list[int], params: SamplingParams) -> torch.Tensor:
     """Processed draft probs `[len(out), V]`, teacher-forced: row t scores token t after prompt + out[:t]."""
     n = len(out)
-    logits = draft.execute(ForwardBatch([0], [prompt + out[:-1]], [0], [n], live_slots=[0]))  # (n, V)
+    logits = draft.execute(ForwardBatch([0], [prompt + out[:-1]], [0], [n], live_slots=[0]))  # (n, V), slot 0 reused
     ctxs = [RowContext(params, prompt, out[:t]) for t in range(n)]
     return probs_from_processed(process_logits(logits, ctxs))
 
@@ -120,8 +130,9 @@ def measure_setting(target, draft, prompts, knobs: dict, eos: set[int], c: float
     """Per-position acceptances of both methods for one sampling setting over `prompts`, summarized."""
     params = SamplingParams(max_tokens=args.positions, **knobs)
     rs_all, gc_all, mc_t, mc_d = [], [], [], []
-    for i, prompt in enumerate(prompts):
-        cont, tp = continuation(target, prompt, params, args.positions, eos, choice_generator(args.seed, i))
+    conts = continuations(target, prompts, params, args.positions, eos,
+                          [choice_generator(args.seed, i) for i in range(len(prompts))])
+    for i, (prompt, (cont, tp)) in enumerate(zip(prompts, conts, strict=True)):
         dp = draft_rows(draft, prompt, cont, params)  # (len(cont), V), like tp
         rs_all.append(rejection_acceptance(tp, dp).tolist())
         gc_all.append(coupling_acceptance(tp, dp).tolist())
@@ -149,7 +160,7 @@ def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     target_dir, draft_dir = default_pair()
     engine = engine_for(target_dir, method="draft", draft=draft_dir, speculative_policy="static", dtype="bfloat16",
-                        max_num_seqs=1, max_model_len=1024, num_threads=args.threads)
+                        max_num_seqs=args.prompts, max_model_len=1024, num_threads=args.threads)
     target = engine.runner
     draft = getattr(engine.proposer, "inner", engine.proposer).runner
     tok = load_tokenizer(target_dir)
@@ -180,13 +191,13 @@ def measure(args) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default="chat",
+    ap.add_argument("--datasets", default="chat,instruct",
                     help="bundled sets: chat (the brief's), instruct (the style the draft was trained on)")
     ap.add_argument("--prompts", type=int, default=16, help="first N prompts of each set")
-    ap.add_argument("--positions", type=int, default=32)
+    ap.add_argument("--positions", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--mc-prompts", type=int, default=4, help="prompts whose 2 positions get the Monte-Carlo check")
+    ap.add_argument("--mc-prompts", type=int, default=8, help="prompts whose 2 positions get the Monte-Carlo check")
     ap.add_argument("--mc-draws", type=int, default=256)
     ap.add_argument("--cost-json", default="docs/bench/default_pair_b1.json")
     ap.add_argument("--out", default="docs/bench/seeded_coupling.json")
