@@ -93,6 +93,38 @@ class UsageTally:
         return usage_dict(sum(self.prompt_tokens.values()), self.completion_tokens, self.spec)
 
 
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """Stream `index` produced an output."""
+
+    index: int
+    output: RequestOutput
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamEnded:
+    """Stream `index` has no more outputs."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamFailed:
+    """Stream `index` raised (an engine error the consumer maps to a response)."""
+
+    index: int
+    error: Exception
+
+
+@dataclass(frozen=True, slots=True)
+class _ClientLeft:
+    """The HTTP client disconnected."""
+
+
+# What the pump and watcher tasks of one EngineRun hand its consumer, in arrival order.
+_RunEvent = _Output | _StreamEnded | _StreamFailed | _ClientLeft
+
+
 class EngineRun:
     """The engine streams of one HTTP request, merged, under a deadline, aborted when the client leaves."""
 
@@ -108,23 +140,23 @@ class EngineRun:
         """Yield (stream index, output) until every stream ended; raise on deadline, disconnect or engine error."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        queue: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[_RunEvent] = asyncio.Queue()
 
         async def pump(i: int, stream: Any) -> None:
             try:
                 async for out in stream:
-                    queue.put_nowait(("out", i, out))
-                queue.put_nowait(("end", i, None))
+                    queue.put_nowait(_Output(i, out))
+                queue.put_nowait(_StreamEnded(i))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # handed to the consumer, which maps it to a response
-                queue.put_nowait(("exc", i, e))
+                queue.put_nowait(_StreamFailed(i, e))
 
         async def watch_disconnect(request: Request) -> None:
             while True:
                 message = await request.receive()
                 if message["type"] == "http.disconnect":
-                    queue.put_nowait(("disconnect", -1, None))
+                    queue.put_nowait(_ClientLeft())
                     return
 
         self._tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(self.streams)]
@@ -136,25 +168,26 @@ class EngineRun:
             try:
                 if left <= 0:
                     raise asyncio.TimeoutError
-                kind, i, item = await asyncio.wait_for(queue.get(), left)
+                event = await asyncio.wait_for(queue.get(), left)
             except asyncio.TimeoutError:
                 self.close()
                 raise RequestTimeoutError(
                     f"request exceeded the server's {self.timeout:g} s deadline (server.request_timeout)") from None
-            if kind == "out":
-                if FinishReason.of(item) in (FinishReason.ERROR, FinishReason.ABORT):
+            match event:
+                case _Output(i, out):
+                    if FinishReason.of(out) in (FinishReason.ERROR, FinishReason.ABORT):
+                        self.close()
+                    yield i, out
+                case _StreamEnded(i):
+                    self._done[i] = True
+                    remaining -= 1
+                case _StreamFailed(i, error):
+                    self._done[i] = True
                     self.close()
-                yield i, item
-            elif kind == "end":
-                self._done[i] = True
-                remaining -= 1
-            elif kind == "exc":
-                self._done[i] = True
-                self.close()
-                raise item
-            elif kind == "disconnect":
-                self.close()
-                raise ClientDisconnectedError()
+                    raise error
+                case _ClientLeft():
+                    self.close()
+                    raise ClientDisconnectedError()
 
     def close(self) -> None:
         """Abort every unfinished engine stream and stop the helper tasks. Idempotent."""
