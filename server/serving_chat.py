@@ -8,6 +8,7 @@ constrains the output to the schema (engine.structured).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import EngineError
@@ -16,16 +17,30 @@ from server.errors import BadRequestError
 from server.finish_reason import FinishReason
 from server.protocol import ChatCompletionRequest
 from server.request_log import RequestRecord
-from server.serving_common import EngineRun, Serving, UsageTally, check_output, finite_logprob, sse
+from server.serving_common import (
+    EngineRun,
+    RequestContext,
+    Serving,
+    UsageTally,
+    check_output,
+    finite_logprob,
+    sse,
+)
 from server.state import name_engine_field
 from server.tool_calls import ToolPlan, ToolStreamer, call_dict, template_messages
 
 
-class ChatServing(Serving):
+@dataclass
+class ChatContext(RequestContext):
+    tools: ToolPlan | None = None  # whose calls are read back from the reply; None when nothing renders tools
+
+
+class ChatServing(Serving[ChatCompletionRequest, ChatContext]):
     endpoint = "chat"
     id_prefix = "chatcmpl"
+    context_type = ChatContext
 
-    async def submit(self, req: ChatCompletionRequest, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
+    async def submit(self, req: ChatCompletionRequest, ctx: ChatContext, rec: RequestRecord) -> list[Any]:
         engine = self.state.require_engine()
         self.state.check_model(req.model)
         req.check_supported()
@@ -39,10 +54,10 @@ class ChatServing(Serving):
         rec.prompt_tokens = len(prompt_ids)
         if self.state.settings.server.log_prompts:
             rec.prompt = messages
-        ctx["logprobs"] = params.logprobs is not None
-        ctx["tools"] = plan if plan is not None and plan.renders_tools else None
+        ctx.logprobs = params.logprobs is not None
+        ctx.tools = plan if plan is not None and plan.renders_tools else None
         try:
-            return [engine.add_request(prompt_ids, params, request_id=ctx["id"])]  # the engine checks the request
+            return [engine.add_request(prompt_ids, params, request_id=ctx.id)]  # the engine checks the request
         except EngineError as e:
             name_engine_field(e, self.endpoint)
             raise
@@ -67,11 +82,11 @@ class ChatServing(Serving):
         return [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t.token_id, t.logprob) for t in lp.top]}
                 for lp in logprobs or []]
 
-    def _envelope(self, ctx: dict[str, Any], obj: str) -> dict[str, Any]:
-        return {"id": ctx["id"], "object": obj, "created": ctx["created"], "model": self.state.model_name,
+    def _envelope(self, ctx: ChatContext, obj: str) -> dict[str, Any]:
+        return {"id": ctx.id, "object": obj, "created": ctx.created, "model": self.state.model_name,
                 "system_fingerprint": None}
 
-    async def collect(self, run: EngineRun, req: ChatCompletionRequest, ctx: dict[str, Any],
+    async def collect(self, run: EngineRun, req: ChatCompletionRequest, ctx: ChatContext,
                       rec: RequestRecord) -> dict[str, Any]:
         texts = [""] * req.n
         logprobs: list[list[dict[str, Any]]] = [[] for _ in range(req.n)]
@@ -82,14 +97,14 @@ class ChatServing(Serving):
             usage.add(i, out)
             check_output(out)
             texts[out.index] += out.text
-            if ctx["logprobs"]:
+            if ctx.logprobs:
                 logprobs[out.index] += self._logprobs(out.logprobs)
             if out.finished:
                 finish[out.index] = FinishReason.of(out)
         choices = []
         for k in range(req.n):
             message: dict[str, Any] = {"role": "assistant", "content": texts[k], "refusal": None}
-            plan: ToolPlan | None = ctx["tools"]
+            plan = ctx.tools
             if plan is not None:
                 content, calls = plan.read(texts[k])
                 if calls:
@@ -99,26 +114,26 @@ class ChatServing(Serving):
             choices.append({
                 "index": k,
                 "message": message,
-                "logprobs": {"content": logprobs[k], "refusal": None} if ctx["logprobs"] else None,
+                "logprobs": {"content": logprobs[k], "refusal": None} if ctx.logprobs else None,
                 "finish_reason": finish[k],
             })
         return {**self._envelope(ctx, "chat.completion"), "choices": choices, "usage": usage.as_dict()}
 
-    async def chunks(self, run: EngineRun, req: ChatCompletionRequest, ctx: dict[str, Any],
+    async def chunks(self, run: EngineRun, req: ChatCompletionRequest, ctx: ChatContext,
                      rec: RequestRecord) -> AsyncIterator[str]:
         env = self._envelope(ctx, "chat.completion.chunk")
         for k in range(req.n):
             yield sse({**env, "choices": [{"index": k, "delta": {"role": "assistant", "content": ""},
                                            "logprobs": None, "finish_reason": None}]})
-        streamers = [ToolStreamer(ctx["tools"]) for _ in range(req.n)] if ctx["tools"] is not None else None
+        streamers = [ToolStreamer(ctx.tools) for _ in range(req.n)] if ctx.tools is not None else None
         usage = UsageTally()
         async for i, out in run.outputs():
             rec.observe(out)
             usage.add(i, out)
             check_output(out)
-            if not out.text and not out.finished and not (ctx["logprobs"] and out.logprobs):
+            if not out.text and not out.finished and not (ctx.logprobs and out.logprobs):
                 continue
-            logprobs = {"content": self._logprobs(out.logprobs), "refusal": None} if ctx["logprobs"] else None
+            logprobs = {"content": self._logprobs(out.logprobs), "refusal": None} if ctx.logprobs else None
             if streamers is None:
                 deltas = [{"content": out.text}] if out.text else []
             else:

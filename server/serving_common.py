@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -204,11 +204,26 @@ class EngineRun:
             t.cancel()
 
 
-class Serving(abc.ABC):
+@dataclass
+class RequestContext:
+    """What one HTTP request carries from `submit` to `collect`/`chunks`: its id and creation time, set by the
+    template, and what `submit` decided (each endpoint's subclass adds its own fields)."""
+
+    id: str
+    created: int  # unix seconds, the response's `created`
+    logprobs: bool = False  # the client asked for logprobs
+
+
+Req = TypeVar("Req")  # the endpoint's pydantic request (server.protocol)
+Ctx = TypeVar("Ctx", bound=RequestContext)
+
+
+class Serving(abc.ABC, Generic[Req, Ctx]):
     """Template for one endpoint: subclasses submit the request and turn outputs into a body or SSE chunks."""
 
     endpoint = "?"
     id_prefix = "req"
+    context_type: type[Ctx]  # the endpoint's RequestContext subclass, built per request by `create`
 
     def __init__(self, state: Any):
         self.state = state  # server.state.ServerState
@@ -216,26 +231,27 @@ class Serving(abc.ABC):
     # --- subclass hooks ------------------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def submit(self, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
-        """Validate `req` and add it to the engine; return the engine streams. Raise for any 4xx/5xx."""
+    async def submit(self, req: Req, ctx: Ctx, rec: RequestRecord) -> list[Any]:
+        """Validate `req` and add it to the engine; fill in `ctx`; return the engine streams. Raise for any
+        4xx/5xx."""
         ...
 
     @abc.abstractmethod
-    async def collect(self, run: EngineRun, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> dict[str, Any]:
+    async def collect(self, run: EngineRun, req: Req, ctx: Ctx, rec: RequestRecord) -> dict[str, Any]:
         ...
 
     @abc.abstractmethod
-    def chunks(self, run: EngineRun, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> AsyncIterator[str]:
+    def chunks(self, run: EngineRun, req: Req, ctx: Ctx, rec: RequestRecord) -> AsyncIterator[str]:
         ...
 
     # --- the template --------------------------------------------------------------------------------------------
 
-    async def create(self, req: Any, request: Request) -> Response:
+    async def create(self, req: Req, request: Request) -> Response:
         request.state.specserve_logged = True  # this request's line is written here, not by the error handlers
         request_id = f"{self.id_prefix}-{_new_id()}"
         rec = RequestRecord(request_id, self.endpoint, stream=bool(req.stream), n=req.n,
                             listeners=self.state.listeners)
-        ctx: dict[str, Any] = {"id": request_id, "created": int(time.time())}
+        ctx = self.context_type(id=request_id, created=int(time.time()))
         try:
             streams = await self.submit(req, ctx, rec)
         except Exception as e:
@@ -260,7 +276,7 @@ class Serving(abc.ABC):
             rec.emit()
         return JSONResponse(body, headers=headers)
 
-    async def _sse(self, run: EngineRun, req: Any, ctx: dict[str, Any], rec: RequestRecord) -> AsyncIterator[str]:
+    async def _sse(self, run: EngineRun, req: Req, ctx: Ctx, rec: RequestRecord) -> AsyncIterator[str]:
         try:
             async for chunk in self.chunks(run, req, ctx, rec):
                 yield chunk

@@ -4,6 +4,7 @@ each; choice index = prompt index * n + choice index, as OpenAI numbers them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.outputs import TokenLogprob
@@ -11,15 +12,30 @@ from server.errors import BadRequestError
 from server.finish_reason import FinishReason
 from server.protocol import CompletionRequest
 from server.request_log import RequestRecord
-from server.serving_common import EngineRun, Serving, UsageTally, check_output, finite_logprob, sse
+from server.serving_common import (
+    EngineRun,
+    RequestContext,
+    Serving,
+    UsageTally,
+    check_output,
+    finite_logprob,
+    sse,
+)
 from server.state import name_engine_field
 
 
-class CompletionServing(Serving):
+@dataclass
+class CompletionContext(RequestContext):
+    echo: list[str] = field(default_factory=list)  # per prompt: its text when `echo` is on, else ""
+    num_choices: int = 0  # prompts x n
+
+
+class CompletionServing(Serving[CompletionRequest, CompletionContext]):
     endpoint = "completions"
     id_prefix = "cmpl"
+    context_type = CompletionContext
 
-    async def submit(self, req: CompletionRequest, ctx: dict[str, Any], rec: RequestRecord) -> list[Any]:
+    async def submit(self, req: CompletionRequest, ctx: CompletionContext, rec: RequestRecord) -> list[Any]:
         engine = self.state.require_engine()
         self.state.check_model(req.model)
         req.check_supported()
@@ -47,13 +63,13 @@ class CompletionServing(Serving):
         rec.prompt_tokens = sum(len(x) for x in ids_list)
         if self.state.settings.server.log_prompts:
             rec.prompt = prompts
-        ctx["echo"] = texts if req.echo else [""] * len(prompts)
-        ctx["logprobs"] = params.logprobs is not None
-        ctx["num_choices"] = len(prompts) * params.n
+        ctx.echo = texts if req.echo else [""] * len(prompts)
+        ctx.logprobs = params.logprobs is not None
+        ctx.num_choices = len(prompts) * params.n
         streams: list[Any] = []
         try:
             for j, ids in enumerate(ids_list):
-                rid = ctx["id"] if len(ids_list) == 1 else f"{ctx['id']}-{j}"
+                rid = ctx.id if len(ids_list) == 1 else f"{ctx.id}-{j}"
                 streams.append(engine.add_request(ids, params, request_id=rid))  # the engine checks the request
         except Exception as e:
             for s in streams:  # all or nothing: a later prompt was refused (queue full ...)
@@ -74,15 +90,15 @@ class CompletionServing(Serving):
             offset += len(text)
         return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}, offset
 
-    def _envelope(self, ctx: dict[str, Any]) -> dict[str, Any]:
-        return {"id": ctx["id"], "object": "text_completion", "created": ctx["created"],
+    def _envelope(self, ctx: CompletionContext) -> dict[str, Any]:
+        return {"id": ctx.id, "object": "text_completion", "created": ctx.created,
                 "model": self.state.model_name, "system_fingerprint": None}
 
-    async def collect(self, run: EngineRun, req: CompletionRequest, ctx: dict[str, Any],
+    async def collect(self, run: EngineRun, req: CompletionRequest, ctx: CompletionContext,
                       rec: RequestRecord) -> dict[str, Any]:
         n = req.n
-        total = ctx["num_choices"]
-        texts = [ctx["echo"][k // n] for k in range(total)]
+        total = ctx.num_choices
+        texts = [ctx.echo[k // n] for k in range(total)]
         offsets = [len(t) for t in texts]
         lps: list[dict[str, list[Any]]] = [
             {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} for _ in range(total)]
@@ -94,35 +110,35 @@ class CompletionServing(Serving):
             check_output(out)
             k = i * n + out.index
             texts[k] += out.text
-            if ctx["logprobs"]:
+            if ctx.logprobs:
                 part, offsets[k] = self._logprobs(out.logprobs, offsets[k])
                 for key, values in part.items():
                     lps[k][key] += values
             if out.finished:
                 finish[k] = FinishReason.of(out)
-        choices = [{"index": k, "text": texts[k], "logprobs": lps[k] if ctx["logprobs"] else None,
+        choices = [{"index": k, "text": texts[k], "logprobs": lps[k] if ctx.logprobs else None,
                     "finish_reason": finish[k]} for k in range(total)]
         return {**self._envelope(ctx), "choices": choices, "usage": usage.as_dict()}
 
-    async def chunks(self, run: EngineRun, req: CompletionRequest, ctx: dict[str, Any],
+    async def chunks(self, run: EngineRun, req: CompletionRequest, ctx: CompletionContext,
                      rec: RequestRecord) -> AsyncIterator[str]:
         n = req.n
         env = self._envelope(ctx)
-        offsets = [len(ctx["echo"][k // n]) for k in range(ctx["num_choices"])]
+        offsets = [len(ctx.echo[k // n]) for k in range(ctx.num_choices)]
         if req.echo:
-            for k in range(ctx["num_choices"]):
-                yield sse({**env, "choices": [{"index": k, "text": ctx["echo"][k // n], "logprobs": None,
+            for k in range(ctx.num_choices):
+                yield sse({**env, "choices": [{"index": k, "text": ctx.echo[k // n], "logprobs": None,
                                                "finish_reason": None}]})
         usage = UsageTally()
         async for i, out in run.outputs():
             rec.observe(out)
             usage.add(i, out)
             check_output(out)
-            if not out.text and not out.finished and not (ctx["logprobs"] and out.logprobs):
+            if not out.text and not out.finished and not (ctx.logprobs and out.logprobs):
                 continue
             k = i * n + out.index
             logprobs = None
-            if ctx["logprobs"]:
+            if ctx.logprobs:
                 logprobs, offsets[k] = self._logprobs(out.logprobs, offsets[k])
             yield sse({**env, "choices": [{"index": k, "text": out.text, "logprobs": logprobs,
                                            "finish_reason": FinishReason.of(out)}]})
