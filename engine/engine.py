@@ -27,7 +27,7 @@ from engine.sampling.sampler import choice_generator
 from engine.scheduler import ScheduledRow, Scheduler, no_speculation
 from engine.select import Selection, select_tokens
 from engine.sequence import Sequence
-from engine.spec.base import Proposer
+from engine.spec.base import NO_DRAFT, Draft, Proposer
 from engine.spec.policy import record_verify
 from engine.stats import EngineCounters, StepRecord
 from engine.structured.support import StructuredSupport
@@ -139,17 +139,17 @@ class LLMEngine:
         if not sched.rows:
             return self._outputs([])
         t0 = time.perf_counter()
-        draft_probs = self._propose([r for r in sched.rows if r.max_draft > 0])
-        logits = self._execute(sched.rows)  # (total_logits, V), or None: the runner failed and so did these rows
+        drafts = self._propose([r for r in sched.rows if r.max_draft > 0])
+        logits = self._execute(sched.rows, drafts)  # (total_logits, V), or None: the runner failed, so did the rows
         if logits is None:
             return self._outputs(sched.seqs)
-        sampled = sched.sampled
-        drafted = [len(r.seq.draft_ids) for r in sampled]
-        selections = self._select(logits, sampled, draft_probs)
-        for r, sel in zip(sampled, selections, strict=True):
+        sampled = [(r, drafts.get(r.seq, NO_DRAFT)) for r in sched.sampled]
+        selections = self._select(logits, sampled)
+        for (r, draft), sel in zip(sampled, selections, strict=True):
             if sel is not None:
-                self._verified(r.seq, sel)
+                self._verified(r.seq, draft, sel)
         delivered = self.scheduler.update(sched, selections, partial(self.output.check_token, now=time.monotonic()))
+        drafted = [len(d.token_ids) for _, d in sampled]
         verified = [s.num_accepted if s is not None else 0 for s in selections]
         num_prefill = sum(r.num_new for r in sched.rows if r.is_prefill)
         self._record(StepRecord.measured(num_prefill, drafted, verified, delivered, time.perf_counter() - t0))
@@ -160,30 +160,28 @@ class LLMEngine:
         ks = self.policy.choose_k(seqs, budget, min(self.scheduler.pending_prefill(), budget))
         return self.structured.forced_k(seqs, ks)  # grammar-forced tokens are drafted whatever K the policy chose
 
-    def _propose(self, rows: list[ScheduledRow]) -> dict[Sequence, torch.Tensor | None]:
-        for r in rows:
-            r.seq.draft_ids = []
+    def _propose(self, rows: list[ScheduledRow]) -> dict[Sequence, Draft]:
         if not rows or self.proposer is None:
             return {}
         seqs = [r.seq for r in rows]
         try:
-            probs = self.proposer.propose(seqs, [r.max_draft for r in rows])
+            drafts = self.proposer.propose(seqs, [r.max_draft for r in rows])
         except Exception as e:  # a draft fault costs this step its drafts (K = 0), not the requests or the engine
             log.exception("draft proposer failed; this step runs without drafts")
             self.counters.draft_errors += 1
             self.counters.last_draft_error = f"{type(e).__name__}: {e}"
             for s in seqs:
-                s.draft_ids = []
                 self.proposer.on_verified(s, 0)  # roll the draft caches back to the last token the target holds
             return {}
-        return dict(zip(seqs, probs, strict=True))
+        return dict(zip(seqs, drafts, strict=True))
 
-    def _execute(self, rows: list[ScheduledRow]) -> torch.Tensor | None:
+    def _execute(self, rows: list[ScheduledRow], drafts: dict[Sequence, Draft]) -> torch.Tensor | None:
+        ids = [drafts.get(r.seq, NO_DRAFT).token_ids for r in rows]
         batch = ForwardBatch(
             slot_ids=[r.seq.slot for r in rows],
-            token_ids=[r.seq.uncomputed_ids(r.num_new) + r.seq.draft_ids for r in rows],
+            token_ids=[r.seq.uncomputed_ids(r.num_new) + d for r, d in zip(rows, ids, strict=True)],
             start_pos=[r.seq.num_computed for r in rows],
-            num_logits=[len(r.seq.draft_ids) + 1 if r.is_last_chunk else 0 for r in rows],
+            num_logits=[len(d) + 1 if r.is_last_chunk else 0 for r, d in zip(rows, ids, strict=True)],
         )
         try:
             return self.runner.execute(batch)
@@ -195,12 +193,11 @@ class LLMEngine:
                 self.scheduler.finish(r.seq, "error", error=f"model runner failed: {type(e).__name__}")
             return None
 
-    def _select(self, logits: torch.Tensor, rows: list[ScheduledRow],
-                draft_probs: dict[Sequence, torch.Tensor | None]) -> list[Selection | None]:
+    def _select(self, logits: torch.Tensor, rows: list[tuple[ScheduledRow, Draft]]) -> list[Selection | None]:
         """Batched selection; if it raises, retry row by row so one bad request fails alone."""
-        seqs = [r.seq for r in rows]
-        drafts = [s.draft_ids for s in seqs]
-        probs = [draft_probs.get(s) for s in seqs]
+        seqs = [r.seq for r, _ in rows]
+        drafts = [d.token_ids for _, d in rows]
+        probs = [d.draft_probs for _, d in rows]
         try:
             return select_tokens(logits, seqs, drafts, probs)
         except Exception:
@@ -217,17 +214,18 @@ class LLMEngine:
                 out.append(None)
         return out
 
-    def _verified(self, seq: Sequence, sel: Selection) -> None:
+    def _verified(self, seq: Sequence, draft: Draft, sel: Selection) -> None:
         """Speculation and grammar bookkeeping of one row, before its tokens are appended (the draft cache rolls
         back from the pre-step length)."""
-        num_draft = len(seq.draft_ids)
+        num_draft = len(draft.token_ids)
         if num_draft:
             seq.spec.draft_tokens += num_draft
-            if not seq.num_forced_drafts:  # forced drafts say nothing about how well the proposer predicts
+            if not draft.num_forced:  # forced drafts say nothing about how well the proposer predicts
                 record_verify(seq, num_draft, sel.num_accepted)
             if self.proposer is not None:
                 self.proposer.on_verified(seq, sel.num_accepted)
-        if seq.grammar is not None and (err := self.structured.on_emitted(seq, sel.token_ids, sel.num_accepted)):
+        if seq.grammar is not None and (
+                err := self.structured.on_emitted(seq, sel.token_ids, sel.num_accepted, draft.num_forced)):
             self.scheduler.finish(seq, "error", error=err)
 
     def _record(self, rec: StepRecord) -> None:

@@ -173,7 +173,6 @@ class Scheduler:
             if sel is not None:
                 seq.spec.target_passes += 1
                 seq.num_computed += sel.num_accepted
-                seq.draft_ids = []
                 for j, tok in enumerate(sel.token_ids if not seq.is_finished else ()):
                     seq.output_ids.append(tok)
                     stop = check(seq, sel, j)

@@ -53,15 +53,12 @@ class Sequence:
     stop_reason: str | int | None = None
     error: str | None = None
     final_sent: bool = False  # the finished output has been handed out
-    # Speculation.
-    draft_ids: list[int] = field(default_factory=list)  # drafts proposed for the current step
+    # Speculation (this step's drafts are a value, `engine.spec.base.Drafts`, not state kept here).
     spec: SpecStats = field(default_factory=SpecStats)
     accept_successes: float = 0.0  # recency-weighted accepted drafts (speculation policy's acceptance evidence)
     accept_failures: float = 0.0  # recency-weighted rejections (at most one per verify)
-    # Structured output: engine.structured.state.GrammarState over output_ids (None = unconstrained), and how many of
-    # this step's drafts the grammar forced.
+    # Structured output: engine.structured.state.GrammarState over output_ids (None = unconstrained).
     grammar: Any = None
-    num_forced_drafts: int = 0
     # Timing (time.monotonic).
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None

@@ -18,7 +18,7 @@ from engine.runners.base import ForwardBatch, Runner
 from engine.sampling.pipeline import RowContext, process_logits
 from engine.sampling.sampler import probs_from_processed, sample_from_probs
 from engine.sequence import Sequence
-from engine.spec.base import register_proposer
+from engine.spec.base import Drafts, register_proposer
 
 
 class DraftModelProposer:
@@ -27,11 +27,10 @@ class DraftModelProposer:
     def __init__(self, runner: Runner):
         self.runner = runner
 
-    def propose(self, seqs: list[Sequence], max_drafts: list[int]) -> list[torch.Tensor | None]:
+    def propose(self, seqs: list[Sequence], max_drafts: list[int]) -> Drafts:
         active = [(s, k) for s, k in zip(seqs, max_drafts, strict=True) if k > 0]
-        probs: dict[Sequence, list[torch.Tensor]] = {s: [] for s, _ in active}
-        for s in seqs:
-            s.draft_ids = []
+        probs: dict[Sequence, list[torch.Tensor]] = {s: [] for s, _ in active}  # one (V,) row per draft
+        drafts: dict[Sequence, list[int]] = {s: [] for s in seqs}
         step = 0
         while active:
             rows = active
@@ -39,7 +38,7 @@ class DraftModelProposer:
                 tokens = [s.all_ids[s.draft_num_computed:] for s, _ in rows]
                 starts = [s.draft_num_computed for s, _ in rows]
             else:
-                tokens = [[s.draft_ids[-1]] for s, _ in rows]
+                tokens = [[drafts[s][-1]] for s, _ in rows]
                 starts = [s.num_tokens + step - 1 for s, _ in rows]
             batch = ForwardBatch(
                 slot_ids=[s.slot for s, _ in rows], token_ids=tokens, start_pos=starts, num_logits=[1] * len(rows))
@@ -47,19 +46,20 @@ class DraftModelProposer:
             for (s, _), t in zip(rows, tokens, strict=True):
                 s.draft_num_computed += len(t)
             # Under a grammar each draft is sampled from the draft distribution masked by the state it would reach.
-            ctxs = [RowContext(s.params, s.prompt_ids, s.output_ids + s.draft_ids, s.stop_token_ids,
-                               s.grammar.allowed_after(s.draft_ids) if s.grammar is not None else None)
+            ctxs = [RowContext(s.params, s.prompt_ids, s.output_ids + drafts[s], s.stop_token_ids,
+                               s.grammar.allowed_after(drafts[s]) if s.grammar is not None else None)
                     for s, _ in rows]
             row_probs = probs_from_processed(process_logits(logits, ctxs))  # (R, V)
             greedy = torch.tensor([s.params.greedy for s, _ in rows], device=row_probs.device)
             sampled = sample_from_probs(row_probs, [s.generator for s, _ in rows])
             chosen = torch.where(greedy, row_probs.argmax(dim=-1), sampled).tolist()
             for i, ((s, _), tok) in enumerate(zip(rows, chosen, strict=True)):
-                s.draft_ids.append(tok)
+                drafts[s].append(tok)
                 probs[s].append(row_probs[i])
             step += 1
-            active = [(s, k) for s, k in rows if len(s.draft_ids) < k]
-        return [torch.stack(probs[s]) if s in probs and probs[s] else None for s in seqs]
+            active = [(s, k) for s, k in rows if len(drafts[s]) < k]
+        return Drafts([drafts[s] for s in seqs],
+                      [torch.stack(probs[s]) if s in probs and probs[s] else None for s in seqs])
 
     def on_verified(self, seq: Sequence, num_accepted: int) -> None:
         # Called before the emitted tokens are appended: num_tokens is still T (last token + drafts were positions

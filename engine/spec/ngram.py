@@ -9,10 +9,9 @@ Pays off on extractive / repetitive tasks (code edits, summaries quoting the inp
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from engine.sequence import Sequence
-from engine.spec.base import register_proposer
+from engine.spec.base import Drafts, register_proposer
 
 
 def ngram_lookup(tokens: np.ndarray, min_n: int, max_n: int, k: int) -> list[int]:
@@ -35,10 +34,10 @@ class NgramProposer:
     def __init__(self, min_n: int = 1, max_n: int = 4):
         self.min_n, self.max_n = min_n, max_n
 
-    def propose(self, seqs: list[Sequence], max_drafts: list[int]) -> list[torch.Tensor | None]:
-        for seq, k in zip(seqs, max_drafts, strict=True):
-            seq.draft_ids = ngram_lookup(np.asarray(seq.all_ids, dtype=np.int64), self.min_n, self.max_n, k) if k else []
-        return [None] * len(seqs)
+    def propose(self, seqs: list[Sequence], max_drafts: list[int]) -> Drafts:
+        ids = [ngram_lookup(np.asarray(seq.all_ids, dtype=np.int64), self.min_n, self.max_n, k) if k else []
+               for seq, k in zip(seqs, max_drafts, strict=True)]
+        return Drafts(ids, [None] * len(seqs))
 
     def on_verified(self, seq: Sequence, num_accepted: int) -> None:
         pass

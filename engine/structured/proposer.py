@@ -8,7 +8,7 @@ Wraps the configured proposer (draft model, n-gram). Per sequence and step, with
 - otherwise the wrapped proposer drafts (the draft model samples under the grammar mask, see `DraftModelProposer`);
   drafts past the first grammar-invalid token (n-gram copies) are dropped: the target would reject them for sure.
 
-`seq.num_forced_drafts` tells the engine how many of this step's drafts were forced (usage.speculation.forced_tokens).
+`Drafts.num_forced` tells the engine how many of this step's drafts were forced (usage.speculation.forced_tokens).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from engine.sequence import Sequence
+from engine.spec.base import Drafts
 
 
 class StructuredProposer:
@@ -24,34 +25,33 @@ class StructuredProposer:
         self.vocab_size = vocab_size
         self.name = inner.name
 
-    def propose(self, seqs: list[Sequence], max_drafts: list[int]) -> list[torch.Tensor | None]:
+    def propose(self, seqs: list[Sequence], max_drafts: list[int]) -> Drafts:
         forced: dict[int, list[int]] = {}
         for i, (s, k) in enumerate(zip(seqs, max_drafts, strict=True)):
-            s.num_forced_drafts = 0
             if s.grammar is not None and k > 0:
                 toks = s.grammar.forced_tokens(k)
                 if toks:
                     forced[i] = toks
         inner_k = [0 if i in forced else k for i, k in enumerate(max_drafts)]
-        probs = self.inner.propose(seqs, inner_k) if any(inner_k) else [None] * len(seqs)
-        if not any(inner_k):
-            for s in seqs:
-                s.draft_ids = []
+        inner = self.inner.propose(seqs, inner_k) if any(inner_k) else Drafts.none(len(seqs))
         # One-hot rows only when the wrapped proposer returns distributions: a batch mixes tensors and None never.
-        as_tensor = any(p is not None for p in probs)
-        out: list[torch.Tensor | None] = []
-        for i, (s, p) in enumerate(zip(seqs, probs, strict=True)):
+        as_tensor = any(p is not None for p in inner.draft_probs)
+        ids: list[list[int]] = []
+        probs: list[torch.Tensor | None] = []
+        num_forced: list[int] = []
+        for i, (s, d, p) in enumerate(zip(seqs, inner.token_ids, inner.draft_probs, strict=True)):
+            n_forced = 0
             if i in forced:
-                s.draft_ids = forced[i]
-                s.num_forced_drafts = len(forced[i])
-                p = _one_hot(forced[i], self.vocab_size) if as_tensor else None
-            elif s.grammar is not None and s.draft_ids:
-                n = s.grammar.valid_prefix(s.draft_ids)
-                if n < len(s.draft_ids):
-                    s.draft_ids = s.draft_ids[:n]
-                    p = p[:n] if p is not None else None
-            out.append(p)
-        return out
+                d, n_forced = forced[i], len(forced[i])
+                p = _one_hot(d, self.vocab_size) if as_tensor else None
+            elif s.grammar is not None and d:
+                n = s.grammar.valid_prefix(d)
+                if n < len(d):
+                    d, p = d[:n], (p[:n] if p is not None else None)
+            ids.append(d)
+            probs.append(p)
+            num_forced.append(n_forced)
+        return Drafts(ids, probs, num_forced)
 
     def on_verified(self, seq: Sequence, num_accepted: int) -> None:
         self.inner.on_verified(seq, num_accepted)

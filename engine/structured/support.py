@@ -57,13 +57,13 @@ class StructuredSupport:
             self.stats.constrained_requests += 1
         seq.grammar = self.compiler.new_state(seq.params.structured)
 
-    def on_emitted(self, seq: Sequence, token_ids: list[int], num_accepted: int) -> str | None:
+    def on_emitted(self, seq: Sequence, token_ids: list[int], num_accepted: int, num_forced: int) -> str | None:
         """Advance the matcher over the emitted tokens (drafts it tried are rolled back first); count the forced
-        drafts that were accepted. Returns an error message if a token breaks the grammar (it cannot, by masking)."""
-        forced = min(seq.num_forced_drafts, num_accepted)
+        drafts (`num_forced` of this step's) that were accepted. Returns an error message if a token breaks the
+        grammar (it cannot, by masking)."""
+        forced = min(num_forced, num_accepted)
         seq.spec.forced_tokens += forced
         self.stats.forced_tokens += forced
-        seq.num_forced_drafts = 0
         try:
             seq.grammar.commit(token_ids)
         except GrammarError as e:
