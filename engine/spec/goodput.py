@@ -32,8 +32,9 @@ def batch_cell(b: int) -> int:
 
 
 class StepTimes:
-    def __init__(self, window: int = 8, min_samples: int = 2, max_age: int = 3000):
+    def __init__(self, window: int = 8, min_samples: int = 2, max_age: int = 3000, gap: int = 16):
         self.window = window
+        self.gap = gap
         self.min_samples = min_samples
         self.max_age = max_age
         self.samples: dict[tuple[int, int], deque[tuple[int, float]]] = {}  # (cell, arm) -> (step, seconds)
@@ -47,8 +48,13 @@ class StepTimes:
         return d[-1][0] if d else -1
 
     def local(self, cell: int, arm: int, now: int) -> float | None:
-        """Mean seconds of this cell's fresh samples of `arm` (outliers dropped), None with fewer than min_samples."""
-        got = [t for s, t in self.samples.get((cell, arm), ()) if now - s <= self.max_age]
+        """Mean seconds of this cell's fresh samples of `arm` (outliers dropped), None with fewer than min_samples.
+        Samples after the newest gap of more than `gap` steps (a re-measure of an arm that had not run) replace the
+        older ones once there are min_samples of them: otherwise a window of samples from before a change of regime
+        would outvote the re-measure for several re-measure intervals."""
+        stamped = [(s, t) for s, t in self.samples.get((cell, arm), ()) if now - s <= self.max_age]
+        start = max((i for i in range(1, len(stamped)) if stamped[i][0] - stamped[i - 1][0] > self.gap), default=0)
+        got = [t for _, t in (stamped[start:] if len(stamped) - start >= self.min_samples else stamped)]
         if len(got) < self.min_samples:
             return None
         limit = 3.0 * statistics.median(got)

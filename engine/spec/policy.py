@@ -269,7 +269,10 @@ class AdaptivePolicy:
         else:
             return best, 0.0
         room = self.probe_share * self.cell_seconds.get(cell, 0.0) - self.probe_loss.get(cell, 0.0)
-        length = {a: self.burst + (not self._measured(cell, a)) for a in pool}
+        # One step more where there is no time here yet, or where the switch from K = 0 makes the first step a
+        # draft model's catch-up (untimed): each probe then leaves `burst` timed samples (min_samples).
+        switch = self._prev is not None and self._prev[0] == 0
+        length = {a: self.burst + (not self._measured(cell, a) or (switch and a != 0)) for a in pool}
         pool = [a for a in pool if length[a] * times[a] * loss(a) <= room]
         if not pool:
             return best, 0.0

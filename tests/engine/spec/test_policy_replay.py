@@ -68,3 +68,26 @@ def test_replay_follows_a_device_where_verify_is_cheap():
     picked, goodput = replay(level, recorded)
     assert picked.count(4) >= 0.9 * len(picked)
     assert goodput >= 0.97 * rate(recorded[4])
+
+
+def test_replay_regime_change_k4_becomes_cheap_mid_run():
+    """c=4: K = 0 wins on the recordings for 300 steps, then the K = 4 steps get 40 % cheaper (a co-tenant leaves
+    the draft's core, say) and K = 4 wins. K = 0's own samples cannot show this; only the re-measures of K = 4, whose
+    interval has grown while the ranking held, can. The policy must have switched within 300 steps."""
+    level = "c=4"
+    normal = {k: decode_steps(level, k) for k in (0, 4)}
+    cheap = {0: normal[0], 4: decode_steps(level, 4, time_scale=0.6)}
+    assert rate(normal[0]) > rate(normal[4]) and rate(cheap[4]) > 1.1 * rate(cheap[0])
+    policy = AdaptivePolicy(4, allowed_k=(0, 4))
+    batch = [Sequence(f"r{i}-0", f"r{i}", 0, [1, 2, 3], SamplingParams(temperature=0.0), 10_000, frozenset())
+             for i in range(4)]
+    feeds = {name: {k: itertools.cycle(v) for k, v in rec.items()} for name, rec in (("normal", normal),
+                                                                                    ("cheap", cheap))}
+    picked = []
+    for i in range(700):
+        ks = policy.choose_k(batch, 10_000)
+        k = 4 if sum(ks) >= 2 * len(ks) else 0
+        policy.observe(next(feeds["normal" if i < 300 else "cheap"][k]))
+        picked.append(k)
+    assert picked[200:300].count(0) >= 90, picked[200:300]
+    assert picked[-100:].count(4) >= 90, picked[-100:]
