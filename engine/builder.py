@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,11 @@ class DraftMismatchError(ValueError):
 
 @dataclass
 class BuildContext:
+    """What a proposer factory (engine.spec.base.PROPOSERS) may use."""
+
     settings: Settings
     target_runner: Runner
-    draft_runner: Runner | None
+    build_draft_runner: Callable[[], Runner]  # the draft model's runner, checked against the target and warmed up
 
 
 def resolve_models(settings: Settings) -> tuple[str, str | None, str]:
@@ -117,24 +120,24 @@ def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}")
 
     method = settings.resolved_method
-    draft_runner = None
-    if method == "draft":
+
+    def build_draft_runner() -> Runner:
         draft_dir = resolve_model_path(draft_id, cache_dir=settings.model.download_dir)
         _check_draft_tokenizer(tokenizer, str(draft_dir))
-        draft_runner = backend.build(str(draft_dir), dataclasses.replace(spec, role="draft"))
-        if draft_runner.info().vocab_size != vocab:
+        runner = backend.build(str(draft_dir), dataclasses.replace(spec, role="draft"))
+        if runner.info().vocab_size != vocab:
             raise DraftMismatchError(
-                f"draft model vocabulary ({draft_runner.info().vocab_size}) differs from the target's ({vocab}); "
+                f"draft model vocabulary ({runner.info().vocab_size}) differs from the target's ({vocab}); "
                 "speculative decoding needs the same vocabulary"
             )
-    proposer = policy = None
-    if method != "none":
-        proposer = PROPOSERS[method](BuildContext(settings, target, draft_runner))
-        policy = make_policy(settings.speculation.speculative_policy, settings.speculation.num_speculative_tokens,
-                             target.info().allowed_k)
-    for r in (target, draft_runner):
-        if r is not None:
-            r.warmup()
+        runner.warmup()
+        return runner
+
+    # The registry knows every method, "none" included (no proposer): no branching on method names here.
+    proposer = PROPOSERS[method](BuildContext(settings, target, build_draft_runner))
+    policy = None if proposer is None else make_policy(
+        settings.speculation.speculative_policy, settings.speculation.num_speculative_tokens, target.info().allowed_k)
+    target.warmup()
     e = settings.engine
     limits = EngineLimits(e.max_num_seqs, e.max_queue, e.max_num_batched_tokens, max_len)
     engine = LLMEngine(target, tokenizer, limits, eos_token_ids=eos_ids(tokenizer, target_dir), proposer=proposer,

@@ -66,8 +66,9 @@ class Proposer(Protocol):
         """The sequence finished or was aborted."""
 
 
-# name -> factory(context) -> Proposer; context carries what a factory may need (target runner, draft path, settings).
-PROPOSERS: dict[str, Callable[..., Proposer]] = {}
+# name -> factory(context) -> Proposer, or None for "none"; the context (engine.builder.BuildContext) carries what a
+# factory may need: settings, the target runner, a builder for the draft model's runner.
+PROPOSERS: dict[str, Callable[..., Proposer | None]] = {}
 
 
 def register_proposer(name: str):
@@ -76,3 +77,8 @@ def register_proposer(name: str):
         return factory
 
     return deco
+
+
+@register_proposer("none")
+def _no_proposer(ctx) -> None:
+    return None

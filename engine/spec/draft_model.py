@@ -74,4 +74,4 @@ class DraftModelProposer:
 
 @register_proposer("draft")
 def _make_draft(ctx) -> DraftModelProposer:
-    return DraftModelProposer(ctx.draft_runner)
+    return DraftModelProposer(ctx.build_draft_runner())
