@@ -20,7 +20,6 @@ This matches SDPA's own bf16 numerics (fp32 scores and softmax, bf16 probabiliti
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 KEY_BLOCK = 64  # the runner rounds the context length up to a multiple of this
 MIN_QUERY_ROWS = 8  # fp32 GEMMs with fewer rows take a kernel whose reduction order differs
@@ -47,9 +46,11 @@ def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     `additive_mask`. Returns (B, H, M, D) in the values' dtype."""
     B, H, M, D = q.shape  # noqa: N806
     m_pad, L = mask_add.shape[1], keys.shape[2]  # noqa: N806
-    qf = q.float()
-    if m_pad != M:
-        qf = F.pad(qf, (0, 0, 0, m_pad - M))  # (B, H, M_pad, D), zero rows
+    if m_pad != M:  # (B, H, M_pad, D) with zero rows; NOTE: F.pad measured ~4 ms here (constant_pad_nd), a copy 5 us
+        qf = q.new_zeros((B, H, m_pad, D), dtype=torch.float32)
+        qf[:, :, :M] = q
+    else:
+        qf = q.float()
     kf = keys.float().view(B * H, L, D)  # a contiguous copy of the (strided) cache slice
     # one GEMM for scores * scale + mask; equal to matmul-then-scale bit for bit (checked on this CPU)
     scores = torch.baddbmm(mask_add, qf.view(B * H, m_pad, D), kf.transpose(1, 2), alpha=scale)  # (B*H, M_pad, L)
