@@ -41,7 +41,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from engine.outputs import RequestOutput
+from engine.stats import StepRecord
+from server.engine_client import EngineClient
 from server.finish_reason import FinishReason
+from server.request_log import RequestRecord
+from server.state import Phase, ServerState
 
 log = logging.getLogger("specserve.server")
 
@@ -112,8 +116,8 @@ def build_labels() -> dict[str, str]:
 class ServerMetrics:
     """All of the app's metrics; a listener on the engine (`attach`) and on request records (`on_finish`)."""
 
-    def __init__(self, state: Any):
-        self.state = state  # server.state.ServerState
+    def __init__(self, state: ServerState):
+        self.state = state
         self.registry = NoCreatedRegistry(auto_describe=True)
         # (request id, choice) -> time of its latest token; touched only on the engine thread
         self._last_token: dict[tuple[str, int], float] = {}
@@ -162,7 +166,7 @@ class ServerMetrics:
             return engine.model_name if engine is not None else served_name(self.state.settings)
         return self._model
 
-    def attach(self, engine: Any) -> None:
+    def attach(self, engine: EngineClient) -> None:
         """Start listening to `engine` (once it is loaded); pre-create the label sets dashboards divide by."""
         self._model = engine.model_name
         add = getattr(engine, "add_output_listener", None)
@@ -228,18 +232,18 @@ class ServerMetrics:
         if generated:
             self.gen_tokens.labels(m).inc(generated)
 
-    def on_step(self, rec: Any) -> None:
+    def on_step(self, rec: StepRecord) -> None:
         """Engine thread, every step (engine.stats.StepRecord): its wall time."""
         self.step_time.labels(self.model).observe(rec.seconds)
 
-    def on_finish(self, rec: Any) -> None:
+    def on_finish(self, rec: RequestRecord) -> None:
         """Event loop, once per HTTP request (server.request_log.RequestRecord): count refusals."""
         reason = REJECT_REASONS.get(rec.status)
         if reason is None or rec.first_token is not None or rec.finish_reasons:
             return  # served, or failed after generation started (timeouts, aborts, disconnects are not refusals)
         if reason == "unavailable":
-            phase = getattr(self.state.phase, "name", "")
-            reason = {"LOADING": "loading", "DRAINING": "draining", "STOPPED": "draining"}.get(phase, reason)
+            reason = {Phase.LOADING: "loading", Phase.DRAINING: "draining", Phase.STOPPED: "draining"}.get(
+                self.state.phase, reason)
         self.rejected.labels(self.model, reason).inc()
 
 
@@ -269,7 +273,7 @@ def _histogram(name: str, doc: str, model: str, counts: dict[int, int], bounds: 
 class EngineCollector(Collector):
     """Reads the engine at scrape time: queue gauges, slot usage, step counters. Yields nothing while loading."""
 
-    def __init__(self, state: Any):
+    def __init__(self, state: ServerState):
         self.state = state
 
     def describe(self) -> Iterable[Metric]:
@@ -277,11 +281,10 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         engine = self.state.engine
-        health = getattr(self.state, "health", None)
-        if health is not None:  # also while loading or failed: the "engine down" alert needs a 0, not a gap
-            name = engine.model_name if engine is not None else served_name(self.state.settings)
-            yield _gauge("ready", "1 when GET /health answers 200 (loaded and healthy), else 0.", name,
-                         1.0 if health()[0] == 200 else 0.0)
+        # Also while loading or failed: the "engine down" alert needs a 0, not a gap.
+        name = engine.model_name if engine is not None else served_name(self.state.settings)
+        yield _gauge("ready", "1 when GET /health answers 200 (loaded and healthy), else 0.", name,
+                     1.0 if self.state.health()[0] == 200 else 0.0)
         if engine is None or not hasattr(engine, "stats"):
             return
         m = engine.model_name

@@ -19,6 +19,7 @@ from server.errors import (
     validation_error_from_pydantic,
 )
 from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.state import ServerState
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,7 +27,7 @@ router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
-def _state(request: Request) -> Any:
+def _state(request: Request) -> ServerState:
     return request.app.state.specserve
 
 

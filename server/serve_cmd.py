@@ -16,13 +16,16 @@ import signal
 import socket
 import sys
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from config.loader import ConfigError, load_settings
 from server.cli import add_settings_flags
 from server.preflight import PreflightError, preflight
+
+if TYPE_CHECKING:  # server.state pulls in FastAPI, imported only once logging is set up (run)
+    from server.state import ServerState
 
 log = logging.getLogger("specserve.server")
 
@@ -42,7 +45,7 @@ def setup_logging(level: str) -> None:
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server whose first SIGTERM/SIGINT drains the engine before uvicorn stops listening."""
 
-    def __init__(self, config: uvicorn.Config, state: Any):
+    def __init__(self, config: uvicorn.Config, state: ServerState):
         super().__init__(config)
         self.state = state
         self.exit_code = 0

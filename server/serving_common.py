@@ -31,6 +31,7 @@ from server.errors import (
 )
 from server.finish_reason import FinishReason
 from server.request_log import RequestRecord
+from server.state import ServerState
 
 log = logging.getLogger("specserve.server")
 
@@ -225,8 +226,8 @@ class Serving(abc.ABC, Generic[Req, Ctx]):
     id_prefix = "req"
     context_type: type[Ctx]  # the endpoint's RequestContext subclass, built per request by `create`
 
-    def __init__(self, state: Any):
-        self.state = state  # server.state.ServerState
+    def __init__(self, state: ServerState):
+        self.state = state
 
     # --- subclass hooks ------------------------------------------------------------------------------------------
 

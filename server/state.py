@@ -10,11 +10,17 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from engine.errors import EngineError
+from server.engine_client import EngineClient
 from server.errors import BadRequestError, ModelNotFoundError, ServiceUnavailableError
+
+if TYPE_CHECKING:  # they import this module
+    from server.serving_chat import ChatServing
+    from server.serving_completions import CompletionServing
 
 log = logging.getLogger("specserve.server")
 
@@ -42,7 +48,7 @@ class Phase(str, enum.Enum):
     STOPPED = "stopped"
 
 
-def default_engine_factory(settings: Settings) -> Any:
+def default_engine_factory(settings: Settings) -> EngineClient:
     """The engine in its own process (engine.process_engine) or on a thread of this one (engine.async_engine), as
     `engine_process` says; both have the same interface."""
     if settings.engine.engine_process:
@@ -54,22 +60,26 @@ def default_engine_factory(settings: Settings) -> Any:
     return AsyncEngine.from_settings(settings)
 
 
+# NOTE: eq=False keeps identity hashing, which the lru_cache'd token helpers below need.
+@dataclass(eq=False)
 class ServerState:
     """Owns the engine's lifecycle for the app: starts it, drains it, shuts it down."""
 
-    def __init__(self, settings: Settings, engine: Any = None,
-                 engine_factory: Callable[[Settings], Any] | None = None):
-        self.settings = settings
-        self.engine = engine
-        self.engine_factory = engine_factory or default_engine_factory
-        self.phase = Phase.LOADING
-        self.error: str | None = None
-        self.on_fatal: Callable[[str], None] | None = None  # the CLI sets it: a failed load ends the process
-        self.started_at = int(time.time())
-        # Objects with on_output(record, output) and/or on_finish(record), told about every request (metrics).
-        self.listeners: list[Any] = []
-        self.chat: Any = None  # server.serving_chat.ChatServing, set by create_app
-        self.completions: Any = None  # server.serving_completions.CompletionServing
+    settings: Settings
+    engine: EngineClient | None = None  # given (tests) or built by engine_factory in load()
+    engine_factory: Callable[[Settings], EngineClient] | None = None  # None: default_engine_factory
+    phase: Phase = Phase.LOADING
+    error: str | None = None  # why loading failed
+    on_fatal: Callable[[str], None] | None = None  # the CLI sets it: a failed load ends the process
+    started_at: int = field(default_factory=lambda: int(time.time()))  # unix seconds, the model card's `created`
+    # Objects with on_output(record, output) and/or on_finish(record), told about every request (metrics).
+    listeners: list[Any] = field(default_factory=list)
+    chat: ChatServing | None = None  # the endpoints' serving objects, set by create_app
+    completions: CompletionServing | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine_factory is None:
+            self.engine_factory = default_engine_factory
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -116,7 +126,7 @@ class ServerState:
 
     # --- what endpoints ask --------------------------------------------------------------------------------------
 
-    def require_engine(self) -> Any:
+    def require_engine(self) -> EngineClient:
         if self.phase is Phase.READY:
             return self.engine
         if self.phase is Phase.LOADING:

@@ -15,7 +15,7 @@ from config.settings import Settings
 from engine.outputs import RequestOutput, SpecStats
 from engine.stats import EngineCounters, StepRecord
 from server.metrics import ServerMetrics
-from server.state import Phase
+from server.state import Phase, ServerState
 
 MODEL = "unit-model"
 
@@ -31,11 +31,12 @@ class StubEngine:
         self.listeners.append(fn)
 
     def stats(self):
-        return SimpleNamespace(num_running=3, num_waiting=2, num_free_slots=1, num_slots=4)
+        return SimpleNamespace(num_running=3, num_waiting=2, num_free_slots=1, num_slots=4, healthy=True, error=None,
+                               draining=False)
 
 
 def make_metrics(engine=None):
-    state = SimpleNamespace(engine=engine, settings=Settings(), phase=Phase.READY)
+    state = ServerState(Settings(), engine=engine, phase=Phase.READY)
     m = ServerMetrics(state)
     if engine is not None:
         m.attach(engine)
@@ -122,13 +123,21 @@ def test_refusals_counted_by_reason(status, phase, reason):
 
 
 def test_refusal_while_loading_uses_the_configured_name():
-    state = SimpleNamespace(engine=None, settings=Settings(), phase=Phase.LOADING)
+    state = ServerState(Settings(), phase=Phase.LOADING)
     m = ServerMetrics(state)
     m.on_finish(SimpleNamespace(status=503, first_token=None, finish_reasons=[]))
     fams = {f.name: f for f in text_string_to_metric_families(m.expose().decode())}
     (s,) = fams["specserve_requests_rejected"].samples[:1]
     assert s.labels == {"model_name": "specserve-demo", "reason": "loading"}
     assert "specserve_requests_running" not in fams  # no engine yet: nothing read at scrape time
+    assert fams["specserve_ready"].samples[0].value == 0.0  # the "engine down" alert sees a 0 while loading
+
+
+def test_ready_gauge_follows_health():
+    m, state = make_metrics(StubEngine())
+    assert value(m, "specserve_ready") == 1.0
+    state.phase = Phase.DRAINING
+    assert value(m, "specserve_ready") == 0.0
 
 
 def test_registries_are_per_app():
