@@ -62,7 +62,7 @@ def continuations(target, prompts: list[list[int]], params: SamplingParams, n: i
     prefix. Prompt i lives in slot i; all unfinished prompts decode together, one batched target step per position
     (memory-bound: about the cost of one row), each sampling from its own generator."""
     slots = list(range(len(prompts)))
-    logits = torch.cat([target.execute(ForwardBatch([i], [p], [0], [1], live_slots=slots))
+    logits = torch.cat([target.execute(ForwardBatch([i], [p], [0], [1]))
                         for i, p in enumerate(prompts)])  # (B, V)
     outs: list[list[int]] = [[] for _ in prompts]
     rows: list[list[torch.Tensor]] = [[] for _ in prompts]
@@ -78,15 +78,14 @@ def continuations(target, prompts: list[list[int]], params: SamplingParams, n: i
         live = [i for i in live if len(outs[i]) < n and outs[i][-1] not in eos]
         if live:
             logits = target.execute(ForwardBatch(live, [[outs[i][-1]] for i in live],
-                                                 [len(prompts[i]) + len(outs[i]) - 1 for i in live], [1] * len(live),
-                                                 live_slots=slots))
+                                                 [len(prompts[i]) + len(outs[i]) - 1 for i in live], [1] * len(live)))
     return [(o, torch.stack(r)) for o, r in zip(outs, rows, strict=True)]
 
 
 def draft_rows(draft, prompt: list[int], out: list[int], params: SamplingParams) -> torch.Tensor:
     """Processed draft probs `[len(out), V]`, teacher-forced: row t scores token t after prompt + out[:t]."""
     n = len(out)
-    logits = draft.execute(ForwardBatch([0], [prompt + out[:-1]], [0], [n], live_slots=[0]))  # (n, V), slot 0 reused
+    logits = draft.execute(ForwardBatch([0], [prompt + out[:-1]], [0], [n]))  # (n, V), slot 0 reused
     ctxs = [RowContext(params, prompt, out[:t]) for t in range(n)]
     return probs_from_processed(process_logits(logits, ctxs))
 
