@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from config.served_name import served_model_name
 from config.settings import Settings
 from engine.admission import request_limits
 from engine.engine import EngineLimits, LLMEngine
@@ -49,13 +50,12 @@ def resolve_models(settings: Settings) -> tuple[str, str | None, str]:
     m = settings.model
     method = settings.resolved_method
     if m.model is None:
-        from engine.default_model import SERVED_NAME, default_pair
+        from engine.default_model import default_pair
 
         target, bundled_draft = default_pair(m.download_dir, with_draft=method == "draft" and m.draft_model is None)
         draft = (m.draft_model or str(bundled_draft)) if method == "draft" else None
-        return str(target), draft, m.served_model_name or SERVED_NAME
-    name = m.served_model_name or Path(str(m.model).rstrip("/")).name
-    return m.model, (m.draft_model if method == "draft" else None), name
+        return str(target), draft, served_model_name(m)
+    return m.model, (m.draft_model if method == "draft" else None), served_model_name(m)
 
 
 def torch_options(settings: Settings) -> TorchOptions:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,6 +38,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from config.served_name import served_model_name
 from engine.outputs import RequestOutput
 from engine.stats import StepRecord
 from server.engine_client import EngineClient
@@ -75,16 +74,6 @@ REJECT_REASONS = {400: "invalid_request", 401: "unauthorized", 404: "not_found",
 SUCCESS_REASONS = (FinishReason.STOP, FinishReason.LENGTH)  # request_success_total{finished_reason}
 # requests_failed_total{reason}: the client left, a deadline, a drain (abort); a fault (error)
 FAILURE_REASONS = (FinishReason.ABORT, FinishReason.ERROR)
-
-
-def served_name(settings: Any) -> str:
-    """The model name before the engine is loaded (for refusals while loading); the engine's name after."""
-    m = settings.model
-    if m.served_model_name:
-        return m.served_model_name
-    if m.model:
-        return Path(str(m.model).rstrip("/")).name
-    return "specserve-demo"
 
 
 class NoCreatedRegistry(CollectorRegistry):
@@ -163,7 +152,7 @@ class ServerMetrics:
     def model(self) -> str:
         if self._model is None:
             engine = self.state.engine
-            return engine.model_name if engine is not None else served_name(self.state.settings)
+            return engine.model_name if engine is not None else served_model_name(self.state.settings.model)
         return self._model
 
     def attach(self, engine: EngineClient) -> None:
@@ -282,7 +271,7 @@ class EngineCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         engine = self.state.engine
         # Also while loading or failed: the "engine down" alert needs a 0, not a gap.
-        name = engine.model_name if engine is not None else served_name(self.state.settings)
+        name = engine.model_name if engine is not None else served_model_name(self.state.settings.model)
         yield _gauge("ready", "1 when GET /health answers 200 (loaded and healthy), else 0.", name,
                      1.0 if self.state.health()[0] == 200 else 0.0)
         if engine is None or not hasattr(engine, "stats"):

@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from config.served_name import DEFAULT_SERVED_NAME as SERVED_NAME  # the naming rule: config.served_name
 from engine.default_model.locate import GGUF_NAME, INSTALL_HINT, PACKAGE, DefaultModelMissingError, gguf_path
-
-SERVED_NAME = "specserve-demo"
 
 __all__ = ["GGUF_NAME", "INSTALL_HINT", "PACKAGE", "SERVED_NAME", "DefaultModelMissingError", "default_pair",
            "gguf_path"]
