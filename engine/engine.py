@@ -23,12 +23,11 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.runners.base import ForwardBatch, Runner
 from engine.sampling.params import RequestLimits, SamplingParams
-from engine.sampling.sampler import choice_generator
 from engine.scheduler import ScheduledRow, Scheduler, no_speculation
 from engine.select import Selection, select_tokens
 from engine.sequence import Sequence
 from engine.spec.base import NO_DRAFT, Draft, Proposer
-from engine.spec.policy import record_verify
+from engine.spec.protocol import SpecPolicy
 from engine.stats import EngineCounters, StepRecord
 from engine.structured.support import StructuredSupport
 
@@ -52,7 +51,7 @@ class LLMEngine:
         *,
         eos_token_ids: Seq[int] = (),
         proposer: Proposer | None = None,
-        policy=None,
+        policy: SpecPolicy | None = None,
         request_limits: RequestLimits | None = None,
     ):
         info = runner.info()
@@ -96,20 +95,11 @@ class LLMEngine:
                 arrival_time: float | None = None) -> list[Sequence]:
         """Enqueue a checked request as `params.n` sequences (one per choice)."""
         arrival = time.monotonic() if arrival_time is None else arrival_time
-        max_total = len(prompt_ids) + (params.max_tokens or self.limits.max_model_len)
-        stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.eos_token_ids)
-        seqs = []
-        for i in range(params.n):
-            gen = None if params.seed is None else choice_generator(params.seed, i)
-            seq = Sequence(
-                seq_id=f"{request_id}-{i}", request_id=request_id, index=i, prompt_ids=list(prompt_ids),
-                params=params, max_total_len=min(max_total, self.limits.max_model_len), stop_token_ids=stop_ids,
-                generator=gen, arrival_time=arrival,
-            )
+        seqs = Sequence.choices(request_id, prompt_ids, params, self.limits.max_model_len, self.eos_token_ids, arrival)
+        for seq in seqs:
             self.structured.attach(seq)
             self.output.add(seq)
             self.scheduler.add(seq)
-            seqs.append(seq)
         self.counters.prompt_tokens += len(prompt_ids) * params.n
         return seqs
 
@@ -220,8 +210,8 @@ class LLMEngine:
         num_draft = len(draft.token_ids)
         if num_draft:
             seq.spec.draft_tokens += num_draft
-            if not draft.num_forced:  # forced drafts say nothing about how well the proposer predicts
-                record_verify(seq, num_draft, sel.num_accepted)
+            if not draft.num_forced and self.policy is not None:  # forced drafts say nothing about the proposer
+                self.policy.record_verify(seq, num_draft, sel.num_accepted)
             if self.proposer is not None:
                 self.proposer.on_verified(seq, sel.num_accepted)
         if seq.grammar is not None and (

@@ -16,6 +16,7 @@ import torch
 
 from engine.outputs import SpecStats, TokenLogprob
 from engine.sampling.params import SamplingParams
+from engine.sampling.sampler import choice_generator
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,18 @@ class Sequence:
     new_text: str = ""
     new_logprobs: list[TokenLogprob] = field(default_factory=list)
     new_token_times: list[float] = field(default_factory=list)
+
+    @classmethod
+    def choices(cls, request_id: str, prompt_ids: list[int], params: SamplingParams, max_model_len: int,
+                eos_token_ids: frozenset[int], arrival_time: float) -> list[Sequence]:
+        """One sequence per choice of a request; a seeded request's choices draw from their own hashed streams."""
+        max_total = min(len(prompt_ids) + (params.max_tokens or max_model_len), max_model_len)
+        stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_token_ids)
+        return [cls(seq_id=f"{request_id}-{i}", request_id=request_id, index=i, prompt_ids=list(prompt_ids),
+                    params=params, max_total_len=max_total, stop_token_ids=stop_ids,
+                    generator=None if params.seed is None else choice_generator(params.seed, i),
+                    arrival_time=arrival_time)
+                for i in range(params.n)]
 
     @property
     def all_ids(self) -> list[int]:

@@ -32,6 +32,8 @@ Seeded sampled requests (seed set, temperature > 0) always get K_max: the random
 K of each step, so a K that followed load would make the same seed give different text (the scheduler then caps it
 at the sequence's fixed share of the token budget, never by what batch mates took). Greedy requests are
 deterministic at any K and adapt freely. A static policy (`--speculative-policy static`) always grants K_max.
+
+Both implement `engine.spec.protocol.SpecPolicy`, the calls the engine makes.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from collections.abc import Sequence as Seq
 from engine.sequence import Sequence
 from engine.spec.cost_model import StepCostModel
 from engine.spec.goodput import MODEL_ARM, StepTimes, batch_cell
+from engine.spec.protocol import SpecPolicy
 from engine.stats import StepRecord
 
 ACCEPT_DECAY = 0.9  # per verify: weight of a sequence's older acceptance evidence (~10 verifies)
@@ -102,6 +105,9 @@ class StaticPolicy:
 
     def choose_k(self, seqs: list[Sequence], budget: int, prefill_tokens: int = 0) -> list[int]:
         return [self.k if s.params.speculative else 0 for s in seqs]
+
+    def record_verify(self, seq: Sequence, num_draft: int, num_accepted: int) -> None:
+        pass  # its K never depends on acceptance
 
     def observe(self, rec: StepRecord) -> None:
         pass
@@ -337,6 +343,9 @@ class AdaptivePolicy:
 
     # -- learning ------------------------------------------------------------------------------------------------
 
+    def record_verify(self, seq: Sequence, num_draft: int, num_accepted: int) -> None:
+        record_verify(seq, num_draft, num_accepted)
+
     def observe(self, rec: StepRecord) -> None:
         self.steps += 1
         verified = rec.num_accepted if rec.num_verified_accepted is None else rec.num_verified_accepted
@@ -375,6 +384,6 @@ class AdaptivePolicy:
                               rec.seconds)
 
 
-def make_policy(kind: str, k_max: int, allowed_k: Seq[int] | None = None):
+def make_policy(kind: str, k_max: int, allowed_k: Seq[int] | None = None) -> SpecPolicy:
     policies = {"adaptive": AdaptivePolicy, "static": StaticPolicy}
     return policies[kind](k_max, allowed_k)
