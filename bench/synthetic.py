@@ -85,12 +85,14 @@ def build_agreeing_pair(root: Path, *, vocab: int = 8192, hidden: int = 1024, dr
     return target_dir, draft_dir
 
 
-def engine_for(model_dir: Path | str, *, method: str = "none", draft: Path | str | None = None, **settings: Any):
+def engine_for(model_dir: Path | str | None, *, method: str = "none", draft: Path | str | None = None, **settings: Any):
     """An `LLMEngine` built the way `specserve serve` builds one (settings -> builder)."""
     from config.loader import load_settings
     from engine.builder import build_engine
 
-    cli: dict[str, Any] = {"model": str(model_dir), "speculative_method": method, "device": "cpu", **settings}
+    cli: dict[str, Any] = {"speculative_method": method, "device": "cpu", **settings}
+    if model_dir is not None:  # None: the embedded default pair, as `specserve serve` without --model
+        cli["model"] = str(model_dir)
     if draft is not None:
         cli["draft_model"] = str(draft)
     engine, _ = build_engine(load_settings(cli, environ={}))
@@ -108,17 +110,28 @@ def run_to_idle(engine, max_steps: int = 1_000_000) -> int:
     raise RuntimeError("engine did not go idle")
 
 
-def drive_in_process(engine, prompts: list[list[int]], n: int, conc: int, total: int, tag: str) -> float:
-    """Tokens/s with `conc` requests kept in flight until `total` have been sent."""
+def drive_in_process(engine, prompts: list[list[int]], n: int, conc: int, total: int, tag: str,
+                     ttfts: list[float] | None = None) -> float:
+    """Tokens/s with `conc` requests kept in flight until `total` have been sent. With `ttfts`, appends each
+    request's time to first token (add_request -> the step output that holds its first token), in seconds."""
     params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
     sent = live = got = 0
+    added: dict[str, float] = {}  # request id -> when it was added, until its first token
     t0 = time.perf_counter()
     while sent < total or live:
         while live < conc and sent < total:
-            engine.add_request(f"{tag}-{sent}", prompts[sent % len(prompts)], params)
+            rid = f"{tag}-{sent}"
+            added[rid] = time.perf_counter()
+            engine.add_request(rid, prompts[sent % len(prompts)], params)
             sent += 1
             live += 1
-        for o in engine.step():
+        outputs = engine.step()
+        now = time.perf_counter()
+        for o in outputs:
             got += len(o.token_ids)
             live -= int(o.finished)
+            if o.token_ids and o.request_id in added:
+                t_add = added.pop(o.request_id)
+                if ttfts is not None:
+                    ttfts.append(now - t_add)
     return got / (time.perf_counter() - t0)
