@@ -145,7 +145,8 @@ class AdaptivePolicy:
         self.last_scores: dict[int, float] = {}  # arm -> score (tokens/s) at the latest decision
         self._prev: tuple[int, bool] | None = None  # (arm, probe?) of the previous decode-only decision
         # (cell, arm, seconds lost per second of the step or 0, seqs, K asked per seq) the next observe() scores
-        self._pending: tuple[int, int, float, list[Sequence], list[int], bool] | None = None
+        self._pending: tuple[int, int, float, list[Sequence], list[int], bool, list[bool]] | None = None
+        self._mask: list[bool] = []  # adaptive rows of the step being decided
 
     # -- the shared estimates ------------------------------------------------------------------------------------
 
@@ -157,17 +158,21 @@ class AdaptivePolicy:
         s, f = seq.accept_successes, seq.accept_failures
         return (s + PRIOR_WEIGHT * self.global_acceptance) / (s + f + PRIOR_WEIGHT)
 
-    def token_curve(self, seq: Sequence) -> list[float]:
+    def token_curve(self, seq: Sequence, global_hazards: list[float] | None = None) -> list[float]:
         """E[tokens delivered] by this row at k = 0..K_max: 1 + sum_{j<=k} q_j a^j (shape (K_max + 1,))."""
         a = self.acceptance(seq)
         own = self.supply.get(seq)
+        gh = global_hazards or self._global_hazards()
         out, q, aj = [1.0], 1.0, 1.0
         for j in range(1, self.k_max + 1):
-            g = self.global_supply.hazard(j)
+            g = gh[j]
             h = g if own is None else (own.survived[j] + SUPPLY_PRIOR * g) / (own.at_risk[j] + SUPPLY_PRIOR)
             q, aj = q * h, aj * a
             out.append(out[-1] + q * aj)
         return out
+
+    def _global_hazards(self) -> list[float]:
+        return [1.0] + [self.global_supply.hazard(j) for j in range(1, self.k_max + 1)]
 
     @property
     def arms(self) -> list[int]:
@@ -182,7 +187,8 @@ class AdaptivePolicy:
         if len(self.ks) == 1 or not any(s.params.speculative and not needs_fixed_k(s) for s in seqs):
             return self.allocate(seqs, 0, prefill_tokens)
         cell = batch_cell(len(seqs))
-        allocs = {a: self.allocate(seqs, a, prefill_tokens) for a in self.arms}
+        self._mask = [s.params.speculative and not needs_fixed_k(s) for s in seqs]  # adaptive rows
+        allocs = {a: self.allocate(seqs, a, prefill_tokens, self._mask) for a in self.arms}
         if MODEL_ARM in allocs and any(allocs[MODEL_ARM] == allocs[k] for k in self.ks):
             del allocs[MODEL_ARM]  # the model allocates a uniform cap: that cap's arm, already measured as such
         arm, loss = self._pick_arm(cell, seqs, allocs, learn=prefill_tokens == 0)
@@ -190,7 +196,7 @@ class AdaptivePolicy:
         self.last_arm = arm
         if prefill_tokens == 0:  # drafts asked per row, within the room the scheduler leaves
             asked = [min(k, max(0, s.max_total_len - s.num_tokens - 1)) for s, k in zip(seqs, allocs[arm], strict=True)]
-            self._pending = (cell, arm, loss, seqs, asked, self.last_probe)
+            self._pending = (cell, arm, loss, seqs, asked, self.last_probe, self._mask)
         return allocs[arm]
 
     def _step_times(self, cell: int, seqs: list[Sequence], allocs: dict[int, list[int]]) -> dict[int, float | None]:
@@ -199,7 +205,7 @@ class AdaptivePolicy:
         the K = 0 .. K_max line (its time is that line's, plus what its own samples say it differs by)."""
         now, k_max = self.steps, self.k_max
         times = {a: self.times.local(cell, a, now) if a != MODEL_ARM else None for a in allocs}
-        frac = {a: self._draft_share(seqs, ks) for a, ks in allocs.items()}
+        frac = {a: self._draft_share(self._mask, ks) for a, ks in allocs.items()}
 
         def interpolate(t: dict[int, float | None]) -> None:
             t0, tk = t.get(0), t.get(k_max)
@@ -222,16 +228,17 @@ class AdaptivePolicy:
             return len(self.model_samples.get(cell, ())) >= self.times.min_samples
         return self.times.local(cell, arm, self.steps) is not None
 
-    def _draft_share(self, seqs: list[Sequence], ks: list[int]) -> float:
-        """Mean K over the adaptive rows, as a share of K_max."""
-        mine = [k for s, k in zip(seqs, ks, strict=True) if s.params.speculative and not needs_fixed_k(s)]
+    def _draft_share(self, mask: list[bool], ks: list[int]) -> float:
+        """Mean K over the adaptive rows (`mask`), as a share of K_max."""
+        mine = [k for a, k in zip(mask, ks, strict=True) if a]
         return sum(mine) / (max(len(mine), 1) * self.k_max)
 
     def _pick_arm(self, cell: int, seqs: list[Sequence], allocs: dict[int, list[int]],
                   learn: bool) -> tuple[int, float]:
         """(arm, predicted share of the step's time it loses against the best: > 0 only for probes)."""
         self.last_probe = False
-        curves = [self.token_curve(s) for s in seqs]
+        gh = self._global_hazards()
+        curves = [self.token_curve(s, gh) for s in seqs]
         rooms = [max(0, s.max_total_len - s.num_tokens - 1) for s in seqs]
         times = self._step_times(cell, seqs, allocs)
         unknown = [a for a, t in times.items() if t is None]
@@ -291,10 +298,13 @@ class AdaptivePolicy:
         self.last_probe = True
         return pick, loss(pick)
 
-    def allocate(self, seqs: list[Sequence], arm: int, prefill_tokens: int = 0) -> list[int]:
-        """K per sequence under `arm`: opted-out rows 0, seeded sampled rows K_max, adaptive rows the arm's K."""
+    def allocate(self, seqs: list[Sequence], arm: int, prefill_tokens: int = 0,
+                 adaptive: list[bool] | None = None) -> list[int]:
+        """K per sequence under `arm`: opted-out rows 0, seeded sampled rows K_max, adaptive rows the arm's K.
+        `adaptive`: which rows adapt, if the caller has it already."""
         k_max = self.ks[-1]
-        adaptive = [s.params.speculative and not needs_fixed_k(s) for s in seqs]
+        if adaptive is None:
+            adaptive = [s.params.speculative and not needs_fixed_k(s) for s in seqs]
         fixed = [0 if a or not s.params.speculative else k_max for s, a in zip(seqs, adaptive, strict=True)]
         mine = [s for s, a in zip(seqs, adaptive, strict=True) if a]
         if arm == MODEL_ARM:
@@ -325,8 +335,9 @@ class AdaptivePolicy:
         per_draft = max(self.cost.predict(b, fixed_draft + 1, fixed_passes, prefill_tokens) - t0, 1e-9)
         theta = ((len(seqs) + fixed_tokens) / t0) * per_draft  # tokens a draft must add to pay for itself
         best_rate, best_alloc = -1.0, [0] * len(seqs)
+        own = [self._own_k(a, self.k_max, theta) for a in accept]  # a^k falls with k: a cap only clips it
         for k in self.ks:
-            alloc = [self._own_k(a, k, theta) for a in accept]
+            alloc = [o if o <= k else self._own_k(a, k, theta) for a, o in zip(accept, own, strict=True)]
             rate = (fixed_tokens + sum(expected_tokens(a, kk) for a, kk in zip(accept, alloc, strict=True))) \
                 / step_time(alloc)
             if rate > best_rate:
@@ -355,7 +366,7 @@ class AdaptivePolicy:
                 self.global_failures = GLOBAL_DECAY * self.global_failures + (1.0 if acc < d else 0.0)
         pending, self._pending = self._pending, None
         if pending and rec.batch_size == len(pending[3]) and not rec.num_prefill_tokens and rec.seconds > 0:
-            cell, arm, loss, seqs, asked, probe = pending
+            cell, arm, loss, seqs, asked, probe, mask = pending
             # Decode-only: the record's rows are the decoding sequences the policy was asked about, in order.
             # A step in which no row got a draft says nothing about supply: a draft fault (the engine fell back to
             # K = 0), or n-gram with no match anywhere, which costs what K = 0 costs anyway.
@@ -375,7 +386,7 @@ class AdaptivePolicy:
                 pass
             elif arm == MODEL_ARM:
                 self.model_samples.setdefault(cell, deque(maxlen=8)).append(
-                    (rec.seconds, self._draft_share(seqs, asked)))
+                    (rec.seconds, self._draft_share(mask, asked)))
             else:
                 self.times.add(cell, arm, self.steps, rec.seconds)
             self._prev = (arm, probe)
