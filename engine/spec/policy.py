@@ -138,7 +138,8 @@ class AdaptivePolicy:
         self.next_refresh: dict[int, int] = {}  # cell -> decision count of the next re-measure
         self._burst: dict[int, tuple[int, int]] = {}  # cell -> (arm, decisions left) of the probe under way
         self._check: dict[int, int] = {}  # cell -> best arm before the re-measure under way
-        self.model_samples: dict[int, deque[tuple[float, float]]] = {}  # cell -> (seconds, draft share) of MODEL_ARM
+        # cell -> (seconds, draft share, step) of MODEL_ARM's steps
+        self.model_samples: dict[int, deque[tuple[float, float, int]]] = {}
         self.tried_at: dict[int, int] = {}  # arm -> step it last ran
         self.last_arm: int | None = None  # the arm of the latest decision (tests and replays read it)
         self.last_probe = False  # whether the latest decision was a probe
@@ -215,12 +216,18 @@ class AdaptivePolicy:
                 if t[a] is None:
                     t[a] = t0 + (tk - t0) * frac[a]
             if MODEL_ARM in t and (own := self.model_samples.get(cell)):
-                t[MODEL_ARM] += sum(sec - (t0 + (tk - t0) * f) for sec, f in own) / len(own)
+                t[MODEL_ARM] += sum(sec - (t0 + (tk - t0) * f) for sec, f, _ in own) / len(own)
 
         interpolate(times)
         times = self.times.borrow(cell, times, now)
         interpolate(times)
         return times
+
+    def _last_step(self, cell: int, arm: int) -> int:
+        """Step of the newest time of `arm` in this cell; -1 if none."""
+        if arm == MODEL_ARM:
+            return self.model_samples[cell][-1][2] if self.model_samples.get(cell) else -1
+        return self.times.last_step(cell, arm)
 
     def _measured(self, cell: int, arm: int) -> bool:
         """Whether `arm` has a time of its own in this cell."""
@@ -289,7 +296,7 @@ class AdaptivePolicy:
         pool = [a for a in pool if length[a] * times[a] * loss(a) <= room]
         if not pool:
             return best, 0.0
-        pick = min(pool, key=lambda a: self.times.last_step(cell, a))
+        pick = min(pool, key=lambda a: self._last_step(cell, a))
         if length[pick] > 1:
             self._burst[cell] = (pick, length[pick] - 1)
         if refresh and pick not in missing:
@@ -386,7 +393,7 @@ class AdaptivePolicy:
                 pass
             elif arm == MODEL_ARM:
                 self.model_samples.setdefault(cell, deque(maxlen=8)).append(
-                    (rec.seconds, self._draft_share(mask, asked)))
+                    (rec.seconds, self._draft_share(mask, asked), self.steps))
             else:
                 self.times.add(cell, arm, self.steps, rec.seconds)
             self._prev = (arm, probe)
