@@ -23,7 +23,7 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.runners.base import ForwardBatch, Runner
 from engine.sampling.params import RequestLimits, SamplingParams
-from engine.scheduler import ScheduledRow, Scheduler, no_speculation
+from engine.scheduler import ScheduledRow, Scheduler, SchedulerOutput, no_speculation
 from engine.select import Selection, select_tokens
 from engine.sequence import Sequence
 from engine.spec.base import NO_DRAFT, Draft, Proposer
@@ -125,25 +125,22 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         speculating = self.proposer is not None and self.policy is not None
-        sched = self.scheduler.schedule(self._choose_k if speculating else no_speculation)
+        sched = self.scheduler.schedule(self._choose_k if speculating else no_speculation)  # schedule
         if not sched.rows:
             return self._outputs([])
         t0 = time.perf_counter()
-        drafts = self._propose([r for r in sched.rows if r.max_draft > 0])
-        logits = self._execute(sched.rows, drafts)  # (total_logits, V), or None: the runner failed, so did the rows
-        if logits is None:
+        drafts = self._propose([r for r in sched.rows if r.max_draft > 0])  # propose
+        logits = self._execute(sched.rows, drafts)  # execute: (total_logits, V)
+        if logits is None:  # the runner failed, and with it this step's rows
             return self._outputs(sched.seqs)
-        sampled = [(r, drafts.get(r.seq, NO_DRAFT)) for r in sched.sampled]
-        selections = self._select(logits, sampled)
-        for (r, draft), sel in zip(sampled, selections, strict=True):
+        sampled = [(r, drafts.get(r.seq, NO_DRAFT)) for r in sched.sampled]  # the rows that got logits
+        selections = self._select(logits, sampled)  # select: accepted drafts + one sampled token per row
+        for (r, draft), sel in zip(sampled, selections, strict=True):  # update: speculation state, then counters
             if sel is not None:
                 self._verified(r.seq, draft, sel)
         delivered = self.scheduler.update(sched, selections, partial(self.output.check_token, now=time.monotonic()))
-        drafted = [len(d.token_ids) for _, d in sampled]
-        verified = [s.num_accepted if s is not None else 0 for s in selections]
-        num_prefill = sum(r.num_new for r in sched.rows if r.is_prefill)
-        self._record(StepRecord.measured(num_prefill, drafted, verified, delivered, time.perf_counter() - t0))
-        return self._outputs(sched.seqs)
+        self._record(sched, sampled, selections, delivered, time.perf_counter() - t0)
+        return self._outputs(sched.seqs)  # outputs
 
     def _choose_k(self, seqs: list[Sequence], budget: int) -> list[int]:
         # The policy prices the whole step: these rows and the prompt tokens that will be prefilled beside them.
@@ -218,7 +215,11 @@ class LLMEngine:
                 err := self.structured.on_emitted(seq, sel.token_ids, sel.num_accepted, draft.num_forced)):
             self.scheduler.finish(seq, "error", error=err)
 
-    def _record(self, rec: StepRecord) -> None:
+    def _record(self, sched: SchedulerOutput, sampled: list[tuple[ScheduledRow, Draft]],
+                selections: list[Selection | None], delivered: list[int], seconds: float) -> None:
+        rec = StepRecord.measured(sum(r.num_new for r in sched.rows if r.is_prefill),
+                                  [len(d.token_ids) for _, d in sampled],
+                                  [s.num_accepted if s is not None else 0 for s in selections], delivered, seconds)
         self.counters.record_step(rec)
         if self.policy is not None:
             self.policy.observe(rec)
