@@ -225,3 +225,33 @@ def test_seeded_rows_drafts_are_priced_with_the_step():
         s.params = SamplingParams(seed=3, temperature=1.0)
     ks = policy.allocate(batch, MODEL_ARM)
     assert ks == [3] + [4] * 7
+
+
+def test_model_arm_wins_when_acceptance_differs_between_rows():
+    """Four rows at a = 0.9 and four at a = 0 share a step whose verify costs 0.8 ms per draft token over 10 ms.
+    No uniform cap fits both halves: K = 0 gives 800 tok/s, the best cap (K = 1) ~710; the per-sequence allocation
+    (K = 4 for the good rows, 0 for the others) ~900. The policy must run the model arm and deliver >= 0.97x its
+    rate, although each arm's time is measured at whatever allocation the estimates gave then."""
+    rng = random.Random(3)
+    policy = AdaptivePolicy(k_max=4)
+    batch = seqs(8)
+    truth = [0.9] * 4 + [0.0] * 4
+    arms, tokens, seconds = [], 0, 0.0
+    for i in range(800):
+        ks = policy.choose_k(batch, 10_000)
+        acc = []
+        for s, k, a in zip(batch, ks, truth, strict=True):
+            n = 0
+            while n < k and rng.random() < a:
+                n += 1
+            acc.append(n)
+            if k:
+                record_verify(s, k, n)
+        t = 0.010 + 0.0008 * sum(ks)
+        policy.observe(StepRecord(8, 0, ks, acc, sum(acc) + 8, t))
+        if i >= 400:
+            arms.append(policy.last_arm)
+            tokens, seconds = tokens + sum(acc) + 8, seconds + t
+    ideal = (4 * expected_tokens(0.9, 4) + 4) / (0.010 + 0.0008 * 16)
+    assert arms.count(MODEL_ARM) >= 0.8 * len(arms), collections.Counter(arms)
+    assert tokens / seconds >= 0.97 * ideal, (tokens / seconds, ideal)
