@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import EngineError
 from engine.outputs import TokenLogprob
 from server.errors import BadRequestError
 from server.finish_reason import FinishReason
@@ -26,7 +25,6 @@ from server.serving_common import (
     finite_logprob,
     sse,
 )
-from server.state import name_engine_field
 from server.tool_calls import ToolPlan, ToolStreamer, call_dict, template_messages
 
 
@@ -56,11 +54,7 @@ class ChatServing(Serving[ChatCompletionRequest, ChatContext]):
             rec.prompt = messages
         ctx.logprobs = params.logprobs is not None
         ctx.tools = plan if plan is not None and plan.renders_tools else None
-        try:
-            return [engine.add_request(prompt_ids, params, request_id=ctx.id)]  # the engine checks the request
-        except EngineError as e:
-            name_engine_field(e, self.endpoint)
-            raise
+        return [engine.add_request(prompt_ids, params, request_id=ctx.id)]  # the engine checks the request
 
     def _render(self, messages: list[dict[str, Any]], plan: ToolPlan | None) -> list[int]:
         """The chat template over `messages`; a template that renders tools also gets `tools=`."""

@@ -31,7 +31,7 @@ from server.errors import (
 )
 from server.finish_reason import FinishReason
 from server.request_log import RequestRecord
-from server.state import ServerState
+from server.state import ServerState, name_engine_field
 
 log = logging.getLogger("specserve.server")
 
@@ -299,8 +299,10 @@ class Serving(abc.ABC, Generic[Req, Ctx]):
             rec.emit()
         yield SSE_DONE
 
-    @staticmethod
-    def _fail(rec: RequestRecord, e: BaseException) -> None:
+    def _fail(self, rec: RequestRecord, e: BaseException) -> None:
+        """Every failure of a served request passes here (submit, collect, SSE) before its error body is built: an
+        engine error gets this endpoint's name for its field first."""
+        name_engine_field(e, self.endpoint)
         status, body, _ = describe(e)
         rec.fail(status, body["error"]["message"])
 

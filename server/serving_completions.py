@@ -21,7 +21,6 @@ from server.serving_common import (
     finite_logprob,
     sse,
 )
-from server.state import name_engine_field
 
 
 @dataclass
@@ -71,10 +70,9 @@ class CompletionServing(Serving[CompletionRequest, CompletionContext]):
             for j, ids in enumerate(ids_list):
                 rid = ctx.id if len(ids_list) == 1 else f"{ctx.id}-{j}"
                 streams.append(engine.add_request(ids, params, request_id=rid))  # the engine checks the request
-        except Exception as e:
+        except Exception:
             for s in streams:  # all or nothing: a later prompt was refused (queue full ...)
                 s.abort()
-            name_engine_field(e, self.endpoint)
             raise
         return streams
 

@@ -1,6 +1,7 @@
 """The server's lifecycle around one engine: loading -> ready -> draining -> stopped (or failed), plus the checks every
 endpoint makes against it (model name, chat template, token text). Request limits and sampling ranges are the
-engine's to check (engine.admission, fed from settings.server); `name_engine_field` gives its errors HTTP names."""
+engine's to check (engine.admission, fed from settings.server); `name_engine_field` (called by `Serving._fail` for
+every failed request) gives its errors HTTP names."""
 
 from __future__ import annotations
 
