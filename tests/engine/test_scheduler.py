@@ -115,3 +115,35 @@ def test_a_seeded_sampled_sequence_gets_the_same_k_alone_and_behind_a_budget_bou
     assert sum(1 + k for k in ks.values()) <= 16  # the budget still holds
     # Unseeded mates share what is left (16 - 4 decode tokens - 3 = 9), in running-list order.
     assert (ks["r0"], ks["r1"], ks["r2"]) == (8, 1, 0)
+
+
+def test_update_rolls_back_rejected_drafts_cuts_at_a_stop_and_frees_the_slot_once():
+    """`update` in counters: a verify row of 3 drafts with 1 accepted keeps the last token's and 1 draft's K/V; a stop
+    at the second emitted token throws the rest of the run away and returns the slot through `release`, once."""
+    from engine.select import Selection
+    from engine.sequence import Finish
+
+    released = []
+    sched = Scheduler(max_num_seqs=2, max_queue=0, max_num_batched_tokens=16, release=lambda s: released.append(s.slot))
+    a, b = seq(0, 4, max_tokens=20), seq(1, 4, max_tokens=20)
+    sched.add(a)
+    sched.add(b)
+    run_step(sched)  # both prefilled, one token each: computed 4 of 5
+    out = sched.schedule(lambda seqs, budget: [3] * len(seqs))
+    assert [r.max_draft for r in out.rows] == [3, 3]
+
+    def stop_at_second_token_of_b(s, sel, j):
+        return Finish("stop", stop_reason="x") if s is b and j == 1 else None
+
+    sels = [Selection([11, 12], num_accepted=1, logprobs=None), Selection([21, 22, 23], num_accepted=2, logprobs=None)]
+    slot_b = b.slot
+    delivered = sched.update(out, sels, stop_at_second_token_of_b)
+    assert delivered == [2, 2]
+    assert a.output_ids == [7, 11, 12] and a.num_computed == 4 + 1 + 1  # the decode token + 1 accepted draft
+    assert a.spec.accepted_tokens == 1 and a.spec.target_passes == 1
+    assert b.output_ids == [7, 21, 22] and b.is_finished and b.stop_reason == "x"
+    assert b.spec.accepted_tokens == 2  # 2 accepted, both delivered (the stop came with the second)
+    assert released == [slot_b] and b.slot is None and slot_b in sched.free_slots
+    assert sched.take_finished() == [b] and sched.take_finished() == []
+    sched.finish(b, "abort")  # already finished: nothing happens twice
+    assert released == [slot_b] and b.finish_reason == "stop"
