@@ -2,8 +2,9 @@
 
 The property the engine's greedy identity rests on (issue 15): a token decoded alone, decoded beside 15 other rows,
 verified as the first of K+1 tokens, or reached through a chunked prefill gives bit-identical logits. The model is a
-random bf16 Llama with the real default model's head_dim (64) and grouped-query layout (3 query heads per KV head), and
-contexts on both sides of SDPA's 512-key split. The negative control runs the same comparisons through SDPA (the
+random bf16 Llama with the real default model's layer shapes (SmolLM2-135M: hidden 576, 9 heads over 3 KV heads of 64,
+MLP 1536 — the down projection's K = 1536 is where a one-row GEMM sums differently), and contexts on both sides of
+SDPA's 512-key split. The negative control runs the same comparisons through SDPA (the
 path used before) and requires that some differ: the property is not true by accident of the shapes chosen.
 """
 
@@ -25,8 +26,8 @@ PROMPT_LENS = [37, 600, 5, 300, 129, 64, 511, 513, 90, 250, 17, 700, 400, 63, 1,
 
 def _runner(invariant: bool) -> TorchRunner:
     torch.manual_seed(0)
-    cfg = ModelConfig(model_type="llama", vocab_size=VOCAB, hidden_size=384, intermediate_size=768, num_layers=2,
-                      num_heads=6, num_kv_heads=2, head_dim=64, max_position_embeddings=1024)
+    cfg = ModelConfig(model_type="llama", vocab_size=VOCAB, hidden_size=576, intermediate_size=1536, num_layers=2,
+                      num_heads=9, num_kv_heads=3, head_dim=64, max_position_embeddings=1024)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         for p in model.parameters():
