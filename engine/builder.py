@@ -59,7 +59,9 @@ def resolve_models(settings: Settings) -> tuple[str, str | None, str]:
 
 
 def torch_options(settings: Settings) -> TorchOptions:
-    return TorchOptions(compile=settings.engine.torch_compile, compile_cache_dir=settings.engine.torch_compile_cache_dir)
+    invariant = {"auto": None, "on": True, "off": False}[settings.engine.batch_invariant]
+    return TorchOptions(compile=settings.engine.torch_compile, compile_cache_dir=settings.engine.torch_compile_cache_dir,
+                        batch_invariant=invariant)
 
 
 def neuron_options(settings: Settings) -> NeuronOptions:

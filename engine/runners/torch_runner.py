@@ -93,8 +93,13 @@ class TorchRunner(Runner):
         self.cfg = cfg
         self.max_slots, self.max_model_len = max_slots, max_model_len
         model.keep_residual_fp32()  # bf16/fp16 weights, fp32 residual stream and norms (near-ties, DESIGN.md)
+        exact_here = self.device.type == "cpu" and self.dtype == torch.bfloat16 and not compile
         if batch_invariant is None:
-            batch_invariant = self.device.type == "cpu" and self.dtype == torch.bfloat16 and not compile
+            batch_invariant = exact_here
+        elif batch_invariant and not exact_here:
+            raise ValueError(f"batch-invariant attention is exact only for bfloat16 on CPU without torch.compile; this "
+                             f"runner is {str(self.dtype).removeprefix('torch.')} on {self.device.type}"
+                             f"{' with compile' if compile else ''} (use --batch-invariant auto or off)")
         self.batch_invariant = batch_invariant
         if batch_invariant:
             model.make_batch_invariant()

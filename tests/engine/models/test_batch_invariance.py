@@ -127,3 +127,14 @@ def test_invariant_attention_computes_attention():
     got = invariant_attention(q, k, v, additive_mask(mask, H), D ** -0.5).float()
     assert L == 128 and got.shape == (B, H, S, D)
     torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
+def test_batch_invariant_setting_reaches_the_runner(tiny_pair):
+    from tests.helpers.engines import make_engine
+
+    target, _ = tiny_pair
+    assert make_engine(target, dtype="bfloat16").runner.batch_invariant  # auto
+    assert not make_engine(target, dtype="bfloat16", batch_invariant="off").runner.batch_invariant
+    assert not make_engine(target, dtype="float32").runner.batch_invariant
+    with pytest.raises(ValueError, match="exact only for bfloat16 on CPU"):
+        make_engine(target, dtype="float32", batch_invariant="on")
