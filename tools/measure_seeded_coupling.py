@@ -35,21 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.datasets import load_dataset  # noqa: E402
+from bench.report import machine_info  # noqa: E402
+from bench.synthetic import engine_for  # noqa: E402
 from engine.runners.base import ForwardBatch  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
 from engine.sampling.pipeline import RowContext, process_logits  # noqa: E402
 from engine.sampling.sampler import choice_generator, probs_from_processed, sample  # noqa: E402
 from engine.spec.coupled import coupling_acceptance, rejection_acceptance  # noqa: E402
 from engine.spec.policy import expected_tokens  # noqa: E402
-
-try:  # the load-generator package is moving from server/bench to bench/
-    from bench.datasets import load_dataset
-    from bench.report import machine_info
-    from bench.synthetic import engine_for
-except ImportError:  # pragma: no cover
-    from server.bench.datasets import load_dataset
-    from server.bench.report import machine_info
-    from server.bench.synthetic import engine_for
 
 SETTINGS = {"T=0.7": {"temperature": 0.7}, "T=1.0": {"temperature": 1.0},
             "T=0.7,top_p=0.9": {"temperature": 0.7, "top_p": 0.9}}
