@@ -2,13 +2,9 @@
 
 FCFS. Every step: first the decoding sequences (each takes 1 token plus the K draft tokens the speculation policy grants
 it), then running sequences still in prefill, then waiting sequences admitted into free slots, all under one per-step
-token budget — so a long prompt is prefilled in chunks and never stalls running streams.
-
-Sequences that need a load-independent K (seeded and sampled: `Sequence.needs_fixed_k`) draw their drafts from a
-fixed share of the budget, `max_num_batched_tokens // max_num_seqs` tokens per step, which is there whatever the
-batch holds (every slot could take its share at once). So their K is min(policy's K, share - 1, room left in the
-sequence): a function of the request and the server's settings alone. Other sequences' drafts are cut by what is
-left of the budget, in running-list order.
+token budget — so a long prompt is prefilled in chunks and never stalls running streams. Drafts are cut by what is
+left of the budget, in running-list order; that changes no sequence's text (greedy rows are batch-invariant argmaxes,
+seeded sampled rows keyed Gumbel-max samples that ignore K: `Sequence.coupled`).
 
 After the step, `update` is the other half: computed counters move (a rejected draft is one subtraction), emitted
 tokens are appended up to the first stop, and finished sequences give their slot back. Every slot is freed in
@@ -81,8 +77,6 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_queue = max_queue
         self.budget = max_num_batched_tokens
-        # Drafts a fixed-K sequence may verify per step: its share of the budget, less its own decode token.
-        self.fixed_k_cap = max_num_batched_tokens // max_num_seqs - 1
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(max_num_seqs - 1, -1, -1))  # pop() hands out slot 0 first
@@ -115,15 +109,9 @@ class Scheduler:
         budget -= len(decoding)
         ks = k_policy(decoding, budget) if decoding else []
         # Drafts past the sequence's last allowed position would be wasted (and could overflow the slot).
-        ks = [max(0, min(k, s.max_total_len - s.num_tokens - 1)) for s, k in zip(decoding, ks, strict=True)]
-        # Fixed-K sequences first, each within its share: n * (share - 1) <= budget - n for n <= max_num_seqs, so
-        # this never runs out and their K never depends on batch mates.
-        ks = [min(k, self.fixed_k_cap) if s.needs_fixed_k else k for s, k in zip(decoding, ks, strict=True)]
-        budget -= sum(k for s, k in zip(decoding, ks, strict=True) if s.needs_fixed_k)
         for seq, k in zip(decoding, ks, strict=True):
-            if not seq.needs_fixed_k:
-                k = min(k, budget)
-                budget -= k
+            k = max(0, min(k, seq.max_total_len - seq.num_tokens - 1, budget))
+            budget -= k
             rows.append(ScheduledRow(seq, num_new=1, max_draft=k, is_last_chunk=True))
 
         for seq in self.running:

@@ -1,9 +1,11 @@
 """Turn one step's target logits into the tokens each sequence emits.
 
-Rows without draft tokens are plain sampling; rows with drafts go through the rejection sampler. Both see logits that
-passed through the same pipeline (`process_logits`), row by row, with each verify row's history including the earlier
-draft tokens — so speculation changes how fast tokens come, never which distribution they come from. Logprobs are
-always the target's, computed on the raw logits of the row that produced each emitted token.
+Seeded sampled sequences (`Sequence.coupled`) take every token, with or without drafts, as the Gumbel-max sample
+keyed by (seed, choice, output position) (`engine.spec.coupled.coupled_verify`): the same text at any K. For the rest,
+rows without draft tokens are plain sampling and rows with drafts go through the rejection sampler. All see logits
+that passed through the same pipeline (`process_logits`), row by row, with each verify row's history including the
+earlier draft tokens — so speculation changes how fast tokens come, never which distribution they come from.
+Logprobs are always the target's, computed on the raw logits of the row that produced each emitted token.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from engine.sampling.logprobs import compute_logprobs
 from engine.sampling.pipeline import RowContext, process_logits
 from engine.sampling.sampler import probs_from_processed, sample
 from engine.sequence import Sequence
+from engine.spec.coupled import coupled_verify, gumbel_noise
 from engine.spec.rejection_sampler import rejection_sample
 from engine.structured.batch import prefetch_masks
 
@@ -52,21 +55,43 @@ def select_tokens(
     prefetch_masks([s.grammar for s in seqs], drafts)  # structured output: every row's mask in one native call
     ctxs = [c for seq, d in zip(seqs, drafts, strict=True) for c in row_contexts(seq, d)]
     processed = process_logits(logits, ctxs)  # (N, V)
-    any_drafts = any(drafts)
-    if not any_drafts:
-        tokens = sample(processed, ctxs, [s.generator for s in seqs]).tolist()
-        emitted = [[t] for t in tokens]
-    else:
-        probs = probs_from_processed(processed)
-        dp = None
-        if draft_probs is not None and any(p is not None for p in draft_probs):
-            dp = torch.cat([p for p in draft_probs if p is not None and p.shape[0] > 0], dim=0).to(probs.device)
-        emitted = rejection_sample(
-            drafts, dp, probs, greedy=[s.params.greedy for s in seqs], generators=[s.generator for s in seqs]
-        )
+    starts = [0]
+    for d in drafts:
+        starts.append(starts[-1] + len(d) + 1)
+    emitted: list[list[int]] = [[] for _ in seqs]
+    groups = ([i for i, s in enumerate(seqs) if s.coupled], [i for i, s in enumerate(seqs) if not s.coupled])
+    for group, select in zip(groups, (_coupled, _rejection), strict=True):
+        if not group:
+            continue
+        # The group's rows, in order (all rows when the batch is one group: no copy).
+        rows = [r for i in group for r in range(starts[i], starts[i + 1])]
+        part = processed if len(rows) == processed.shape[0] else processed[torch.tensor(rows, device=logits.device)]
+        sub = [seqs[i] for i in group]
+        for i, tokens in zip(group, select(part, [ctxs[r] for r in rows], sub, [drafts[i] for i in group],
+                                            [draft_probs[i] if draft_probs else None for i in group]), strict=True):
+            emitted[i] = tokens
 
     logprob_lists = _logprobs(logits, seqs, drafts, emitted)
     return [Selection(tok, len(tok) - 1, lp) for tok, lp in zip(emitted, logprob_lists, strict=True)]
+
+
+def _coupled(processed, ctxs, seqs, drafts, draft_probs) -> list[list[int]]:
+    """Seeded sampled sequences: row j of sequence i is output position len(output_ids) + j of its choice, and takes
+    that position's keyed Gumbel noise (the draft proposer drew its drafts with the same)."""
+    noise = torch.cat([gumbel_noise(s.params.seed, s.index, range(len(s.output_ids), len(s.output_ids) + len(d) + 1),
+                                    processed.shape[1]) for s, d in zip(seqs, drafts, strict=True)])  # (N, V) CPU
+    return coupled_verify(drafts, probs_from_processed(processed), noise)
+
+
+def _rejection(processed, ctxs, seqs, drafts, draft_probs) -> list[list[int]]:
+    """Everything else: plain sampling, or rejection sampling of the drafts (greedy rows by argmax)."""
+    if not any(drafts):
+        return [[t] for t in sample(processed, ctxs).tolist()]
+    probs = probs_from_processed(processed)
+    dp = None
+    if any(p is not None for p in draft_probs):
+        dp = torch.cat([p for p in draft_probs if p is not None and p.shape[0] > 0], dim=0).to(probs.device)
+    return rejection_sample(drafts, dp, probs, greedy=[s.params.greedy for s in seqs])
 
 
 def _logprobs(logits, seqs, drafts, emitted) -> list[list[TokenLogprob] | None]:

@@ -12,11 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from engine.outputs import SpecStats, TokenLogprob
 from engine.sampling.params import SamplingParams
-from engine.sampling.sampler import choice_generator
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,6 @@ class Sequence:
     params: SamplingParams
     max_total_len: int  # prompt + output may not pass this (min of max_model_len and prompt + max_tokens)
     stop_token_ids: frozenset[int]  # EOS (unless ignore_eos) + params.stop_token_ids
-    generator: torch.Generator | None = None
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # target KV positions filled with accepted tokens
     draft_num_computed: int = 0  # the same counter for the draft model's slot
@@ -73,12 +69,11 @@ class Sequence:
     @classmethod
     def choices(cls, request_id: str, prompt_ids: list[int], params: SamplingParams, max_model_len: int,
                 eos_token_ids: frozenset[int], arrival_time: float) -> list[Sequence]:
-        """One sequence per choice of a request; a seeded request's choices draw from their own hashed streams."""
+        """One sequence per choice of a request (choice `index` keys a seeded request's noise, `Sequence.coupled`)."""
         max_total = min(len(prompt_ids) + (params.max_tokens or max_model_len), max_model_len)
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_token_ids)
         return [cls(seq_id=f"{request_id}-{i}", request_id=request_id, index=i, prompt_ids=list(prompt_ids),
                     params=params, max_total_len=max_total, stop_token_ids=stop_ids,
-                    generator=None if params.seed is None else choice_generator(params.seed, i),
                     arrival_time=arrival_time)
                 for i in range(params.n)]
 
@@ -100,9 +95,10 @@ class Sequence:
         return self.num_computed < len(self.prompt_ids)
 
     @property
-    def needs_fixed_k(self) -> bool:
-        """Seeded and sampled: the random draws it consumes depend on each step's K, so its K must depend on the
-        request alone (never on load, the token budget or batch mates), or the same seed would give other text."""
+    def coupled(self) -> bool:
+        """Seeded and sampled: every token it emits is the Gumbel-max sample keyed by (seed, choice `index`, output
+        position) (`engine.spec.coupled`), drafts included, so its text depends on neither K, nor batch mates, nor
+        whether it speculates at all; it adapts K like any other request."""
         return self.params.seed is not None and not self.params.greedy
 
     @property

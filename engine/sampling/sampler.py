@@ -2,8 +2,10 @@
 
 argmax(probs / E) with E ~ Exponential(1) i.i.d. per token draws a token with probability proportional to probs
 (it is the Gumbel-max trick in another form; nano-vllm's sampler). It needs no normalization, no cumsum and no host
-sync. Seeded requests draw their noise from their own CPU generator, one row at a time, so a seeded request gets the
-same tokens whatever else is in the batch; unseeded rows share torch's default generator of the logits' device.
+sync. A row given a CPU generator draws its noise from it, one row at a time, independent of the other rows; rows
+without one share torch's default generator of the logits' device. The engine passes no generators: seeded requests
+are sampled by the keyed Gumbel-max of `engine.spec.coupled` instead (one noise vector per output position, so their
+text does not depend on K), everything else from the default generator.
 
 `probs_from_processed` is the one way to turn processed logits into probabilities; the draft proposer and the
 rejection sampler both use it, so draft and target distributions are computed the same way.
@@ -22,10 +24,11 @@ _TINY = torch.finfo(torch.float32).tiny
 
 
 def choice_generator(seed: int, index: int) -> torch.Generator:
-    """The CPU generator of choice `index` of a request with `seed`: seeded by hashing (seed, index).
+    """A CPU generator for stream `index` of `seed`, seeded by hashing (seed, index) (tools/measure_seeded_coupling.py
+    samples its reference texts with it; the engine keys seeded requests by `engine.spec.coupled.noise_key`).
 
-    Hashing (not `seed + index`) keeps streams of different seeds unrelated: with `seed + index`, choice i of seed s
-    was the same stream as choice i-1 of seed s+1, so `seed=1, n=8` and `seed=2, n=8` shared 7 completions.
+    Hashing (not `seed + index`) keeps streams of different seeds unrelated: with `seed + index`, stream i of seed s
+    was stream i-1 of seed s+1.
     """
     digest = hashlib.blake2b(f"specserve-choice:{seed}:{index}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
@@ -63,20 +66,23 @@ def exponential_noise(
     return noise.clamp_(min=_TINY)
 
 
-def sample_from_probs(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
-    """One token per row of `probs` `[n, V]` (need not be normalized), noise from the row's generator -> `[n]` long."""
-    noise = exponential_noise(generators, probs.shape[1], probs.device)
+def sample_from_probs(probs: torch.Tensor,
+                      generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+    """One token per row of `probs` `[n, V]` (need not be normalized), noise from the row's generator (None: all from
+    the default one) -> `[n]` long."""
+    noise = exponential_noise(generators or [None] * probs.shape[0], probs.shape[1], probs.device)
     return (probs / noise).argmax(dim=-1)
 
 
 def sample(
-    processed: torch.Tensor, rows: Sequence[RowContext], generators: Sequence[torch.Generator | None]
+    processed: torch.Tensor, rows: Sequence[RowContext], generators: Sequence[torch.Generator | None] | None = None
 ) -> torch.Tensor:
     """Sample one token per row of processed logits `[N, V]` -> `[N]` long (same device).
 
     Greedy rows (temperature 0) take the argmax; other rows sample from softmax(processed) with noise from
-    `generators[i]` (a CPU generator, or None to use torch's default one).
+    `generators[i]` (a CPU generator, or None to use torch's default one; `generators` None: none has one).
     """
+    generators = [None] * len(rows) if generators is None else generators
     if processed.shape[0] != len(rows) or len(generators) != len(rows):
         raise ValueError("sample needs one row context and one generator slot per logits row")
     tokens = processed.argmax(dim=-1)  # (N,)

@@ -14,7 +14,10 @@ speculative decoding", Daliri et al. 2024). The price is acceptance: P(both argm
 sampling's sum_x min(target, draft) (it is at least a / (2 - a) for a = that sum); `coupling_acceptance` computes it
 exactly, `docs/DETERMINISM.md` reports it on the default pair.
 
-Not wired into the engine (see docs/DETERMINISM.md for the choice); this module is pure functions on tensors.
+The engine uses it for every seeded sampled sequence (`Sequence.coupled`): `engine.select` verifies (or, without
+drafts, samples) their rows with `coupled_verify`, the draft proposer draws their drafts with `coupled_sample`, and
+the policy adapts their K like anyone's. Unseeded requests keep rejection sampling, which accepts more
+(docs/DETERMINISM.md has the choice). This module is pure functions on tensors.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ One batched draft pass per draft position: pass 1 catches each sequence's draft 
 seen (the prompt the first time, later the tokens accepted since) and samples draft 1; pass j feeds draft j-1 and
 samples draft j, for the sequences that still want more. Draft logits go through the same pipeline as the target's
 (`process_logits`, with the earlier drafts in the history), so the draft distribution the rejection sampler divides by
-is exactly the one the drafts were sampled from.
+is exactly the one the drafts were sampled from. Seeded sampled sequences (`Sequence.coupled`) take draft j as
+argmax(log draft_probs + g) with g the keyed Gumbel noise of the output position it proposes (`engine.spec.coupled`),
+the noise the target's verify uses there: a draft is accepted iff it is the target's own sample.
 
 The draft runner uses the same slot ids as the target. Its counter `seq.draft_num_computed` rolls back to what the
 target accepted; positions past it are overwritten on the next pass.
@@ -19,6 +21,7 @@ from engine.sampling.pipeline import RowContext, process_logits
 from engine.sampling.sampler import probs_from_processed, sample_from_probs
 from engine.sequence import Sequence
 from engine.spec.base import Drafts, register_proposer
+from engine.spec.coupled import coupled_sample, gumbel_noise
 
 
 class DraftModelProposer:
@@ -50,9 +53,7 @@ class DraftModelProposer:
                                s.grammar.allowed_after(drafts[s]) if s.grammar is not None else None)
                     for s, _ in rows]
             row_probs = probs_from_processed(process_logits(logits, ctxs))  # (R, V)
-            greedy = torch.tensor([s.params.greedy for s, _ in rows], device=row_probs.device)
-            sampled = sample_from_probs(row_probs, [s.generator for s, _ in rows])
-            chosen = torch.where(greedy, row_probs.argmax(dim=-1), sampled).tolist()
+            chosen = self._choose(row_probs, [s for s, _ in rows], step)
             for i, ((s, _), tok) in enumerate(zip(rows, chosen, strict=True)):
                 drafts[s].append(tok)
                 probs[s].append(row_probs[i])
@@ -60,6 +61,21 @@ class DraftModelProposer:
             active = [(s, k) for s, k in rows if len(drafts[s]) < k]
         return Drafts([drafts[s] for s in seqs],
                       [torch.stack(probs[s]) if s in probs and probs[s] else None for s in seqs])
+
+    @staticmethod
+    def _choose(row_probs: torch.Tensor, seqs: list[Sequence], step: int) -> list[int]:
+        """Draft `step` of each sequence from its processed draft distribution `[R, V]`: argmax for greedy rows, the
+        keyed Gumbel-max of output position len(output_ids) + step for coupled rows, a free sample for the rest."""
+        chosen = row_probs.argmax(dim=-1)  # (R,)
+        free = [i for i, s in enumerate(seqs) if not s.params.greedy and not s.coupled]
+        if free:
+            chosen[free] = sample_from_probs(row_probs[free])
+        keyed = [i for i, s in enumerate(seqs) if s.coupled]
+        if keyed:
+            noise = torch.cat([gumbel_noise(seqs[i].params.seed, seqs[i].index, [len(seqs[i].output_ids) + step],
+                                            row_probs.shape[1]) for i in keyed])  # (C, V)
+            chosen[keyed] = coupled_sample(row_probs[keyed], noise)
+        return chosen.tolist()
 
     def on_verified(self, seq: Sequence, num_accepted: int) -> None:
         # Called before the emitted tokens are appended: num_tokens is still T (last token + drafts were positions

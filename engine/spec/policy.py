@@ -15,8 +15,8 @@ more than the margin between the choices), and a bandit over realized goodput ra
 Arms: a uniform cap K for every adaptive row, for each allowed K (K = 0 and K_max included, so the fixed choices the
 policy is judged against are always measured), and the cost model's per-sequence allocation (`MODEL_ARM`): with
 acceptance a_i, sequence i gets k_i = min(K, largest j with a_i^j >= theta), theta = (tokens/s at K=0) * (seconds per
-extra draft token), priced whole by `StepCostModel` (opted-out rows at K = 0, seeded rows at their fixed K, prompt
-tokens prefilled beside them). An arm's score is sum_i E_i(k_i) over the step's rows / its step time here; the policy
+extra draft token), priced whole by `StepCostModel` (opted-out rows at K = 0, prompt tokens prefilled beside
+them). An arm's score is sum_i E_i(k_i) over the step's rows / its step time here; the policy
 runs the best. An arm with no time here borrows one: interpolated between K = 0 and K_max (a verify and a draft pass
 cost about linearly in K), or from the nearest cell scaled on a common arm.
 
@@ -28,10 +28,9 @@ most `probe_share` of the cell's time (counted with their predicted loss). Steps
 and time nothing (their time is mostly the prompt's). A regime change re-ranks at once when acceptance or supply moves
 (shared estimates) or the running arm's time moves; a cheaper other arm is found by the re-measures.
 
-Seeded sampled requests (seed set, temperature > 0) always get K_max: the random draws a request consumes depend on the
-K of each step, so a K that followed load would make the same seed give different text (the scheduler then caps it
-at the sequence's fixed share of the token budget, never by what batch mates took). Greedy requests are
-deterministic at any K and adapt freely. A static policy (`--speculative-policy static`) always grants K_max.
+Every request that allows speculation adapts: greedy rows are deterministic at any K, and seeded sampled rows are
+verified by the keyed Gumbel coupling (`engine.spec.coupled`), whose text does not depend on K either. A static
+policy (`--speculative-policy static`) always grants K_max.
 
 Both implement `engine.spec.protocol.SpecPolicy`, the calls the engine makes.
 """
@@ -67,11 +66,6 @@ def record_verify(seq: Sequence, num_draft: int, num_accepted: int) -> None:
     """Update a sequence's acceptance evidence after a verify of `num_draft` drafts."""
     seq.accept_successes = ACCEPT_DECAY * seq.accept_successes + num_accepted
     seq.accept_failures = ACCEPT_DECAY * seq.accept_failures + (1.0 if num_accepted < num_draft else 0.0)
-
-
-def needs_fixed_k(seq: Sequence) -> bool:
-    """Seeded sampled requests need a K sequence that does not depend on load, or their draws (and text) change."""
-    return seq.needs_fixed_k
 
 
 class Supply:
@@ -185,10 +179,10 @@ class AdaptivePolicy:
     def choose_k(self, seqs: list[Sequence], budget: int, prefill_tokens: int = 0) -> list[int]:
         """K per decoding sequence. `prefill_tokens`: prompt tokens expected to run in the same step."""
         self._pending = None
-        if len(self.ks) == 1 or not any(s.params.speculative and not needs_fixed_k(s) for s in seqs):
+        if len(self.ks) == 1 or not any(s.params.speculative for s in seqs):
             return self.allocate(seqs, 0, prefill_tokens)
         cell = batch_cell(len(seqs))
-        self._mask = [s.params.speculative and not needs_fixed_k(s) for s in seqs]  # adaptive rows
+        self._mask = [s.params.speculative for s in seqs]  # adaptive rows
         allocs = {a: self.allocate(seqs, a, prefill_tokens, self._mask) for a in self.arms}
         if MODEL_ARM in allocs and any(allocs[MODEL_ARM] == allocs[k] for k in self.ks):
             del allocs[MODEL_ARM]  # the model allocates a uniform cap: that cap's arm, already measured as such
@@ -307,12 +301,11 @@ class AdaptivePolicy:
 
     def allocate(self, seqs: list[Sequence], arm: int, prefill_tokens: int = 0,
                  adaptive: list[bool] | None = None) -> list[int]:
-        """K per sequence under `arm`: opted-out rows 0, seeded sampled rows K_max, adaptive rows the arm's K.
+        """K per sequence under `arm`: opted-out rows 0, adaptive rows (all others) the arm's K.
         `adaptive`: which rows adapt, if the caller has it already."""
-        k_max = self.ks[-1]
         if adaptive is None:
-            adaptive = [s.params.speculative and not needs_fixed_k(s) for s in seqs]
-        fixed = [0 if a or not s.params.speculative else k_max for s, a in zip(seqs, adaptive, strict=True)]
+            adaptive = [s.params.speculative for s in seqs]
+        fixed = [0] * len(seqs)  # the K of rows that do not adapt (opted out)
         mine = [s for s, a in zip(seqs, adaptive, strict=True) if a]
         if arm == MODEL_ARM:
             others = [(s, k) for s, k, a in zip(seqs, fixed, adaptive, strict=True) if not a]

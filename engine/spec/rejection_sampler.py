@@ -17,9 +17,11 @@ Each sequence emits its accepted prefix plus one recovered-or-bonus token: 1..k+
 drafts 0..j-1 were already generated. That is what makes penalties, bias, top-k/p and min-p lossless too.
 
 Randomness: a sequence with a generator draws, in this order, k uniforms (acceptance) then V exponentials (the final
-token, by the exponential-noise trick), from its own CPU generator, so a seeded request repeats whatever else is in
-the batch. Sequences without a generator share torch's default generators (CPU for uniforms, the device's for
-noise). Greedy sequences draw nothing.
+token, by the exponential-noise trick), from its own CPU generator, so it repeats whatever else is in the batch (but
+not at another K: how many draws it consumes, and which token each decides, depend on k). Sequences without a
+generator share torch's default generators (CPU for uniforms, the device's for noise). Greedy sequences draw nothing.
+The engine sends only unseeded requests here; seeded sampled ones are verified by `engine.spec.coupled`, whose keyed
+noise makes their text independent of K.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def rejection_sample(
     draft_probs: torch.Tensor | None,
     target_probs: torch.Tensor,
     greedy: Sequence[bool],
-    generators: Sequence[torch.Generator | None],
+    generators: Sequence[torch.Generator | None] | None = None,
 ) -> list[list[int]]:
     """Verify each sequence's drafts; return per sequence its accepted draft prefix + one recovered-or-bonus token.
 
@@ -45,9 +47,11 @@ def rejection_sample(
                      None = one-hot drafts (n-gram proposer)
     target_probs     `[sum (k_i + 1), V]` processed target distribution, k_i + 1 rows per sequence, in order
     greedy           per sequence: verify by argmax (temperature 0)
-    generators       per sequence: CPU generator for its random draws, or None for torch's default one
+    generators       per sequence: CPU generator for its random draws, or None for torch's default one (the list
+                     None: no sequence has one, as in the engine)
     """
     num_seqs = len(draft_token_ids)
+    generators = [None] * num_seqs if generators is None else generators
     ks = [len(d) for d in draft_token_ids]
     num_drafts = sum(ks)
     if len(greedy) != num_seqs or len(generators) != num_seqs:

@@ -92,9 +92,10 @@ def seeded_seq(i: int, prompt_len: int, max_tokens: int = 40) -> Sequence:
     return s
 
 
-def test_a_seeded_sampled_sequence_gets_the_same_k_alone_and_behind_a_budget_bound_batch():
-    """Budget 16 for 4 slots: each slot's share is 4 tokens, so a fixed-K sequence verifies min(K, 3) drafts whether
-    it decodes alone or last behind three mates that would take the whole budget."""
+def test_a_seeded_sampled_sequence_shares_the_budget_like_any_other():
+    """Budget 16 for 4 slots: seeded sampled sequences no longer draw from a fixed per-slot share (their text ignores K,
+    `Sequence.coupled`), so the last of four decoding rows gets what its mates left, here nothing, while alone it gets
+    the policy's K. The old fixed share gave it min(K, 3) in both cases."""
     grant_8 = lambda seqs, budget: [8] * len(seqs)  # noqa: E731
 
     alone = Scheduler(max_num_seqs=4, max_queue=0, max_num_batched_tokens=16)
@@ -111,10 +112,10 @@ def test_a_seeded_sampled_sequence_gets_the_same_k_alone_and_behind_a_budget_bou
     run_step(busy)
     out = busy.schedule(grant_8)
     ks = {r.seq.request_id: r.max_draft for r in out.rows}
-    assert k_alone == ks["r9"] == 3
+    assert k_alone == 8
     assert sum(1 + k for k in ks.values()) <= 16  # the budget still holds
-    # Unseeded mates share what is left (16 - 4 decode tokens - 3 = 9), in running-list order.
-    assert (ks["r0"], ks["r1"], ks["r2"]) == (8, 1, 0)
+    # Everyone shares what is left (16 - 4 decode tokens = 12), in running-list order.
+    assert (ks["r0"], ks["r1"], ks["r2"], ks["r9"]) == (8, 4, 0, 0)
 
 
 def test_update_rolls_back_rejected_drafts_cuts_at_a_stop_and_frees_the_slot_once():

@@ -87,11 +87,12 @@ def test_regime_change_mid_run_turns_drafting_off(monkeypatch):
 
 def test_mixed_batch_opted_out_and_seeded_rows(monkeypatch):
     """Four greedy rows at a = 0.05 (drafting does not pay) share every step with two opted-out rows and one seeded
-    sampled row: the opted-out rows never get drafts, the seeded row always K_max, the adaptive rows settle on 0."""
+    sampled row: the opted-out rows never get drafts; the seeded row adapts with the others (no fixed K since the keyed
+    coupling, engine.spec.coupled), and all settle on 0."""
     extra = [SamplingParams(max_tokens=3000, temperature=0.0, ignore_eos=True, speculative=False)] * 2 + \
         [SamplingParams(max_tokens=3000, temperature=0.8, seed=1, ignore_eos=True)]
     seen, _ = run(monkeypatch, 4, 0.05, steps=250, extra=extra)
     full = [ks for ks in seen if len(ks) == 7]
     assert len(full) > 200
-    assert all(ks[4] == 0 and ks[5] == 0 and ks[6] == K_MAX for ks in full)
-    assert sum(max(ks[:4]) == 0 for ks in full[-100:]) >= 85
+    assert all(ks[4] == 0 and ks[5] == 0 and ks[6] == ks[0] for ks in full)
+    assert sum(max(ks[:4]) == 0 and ks[6] == 0 for ks in full[-100:]) >= 85

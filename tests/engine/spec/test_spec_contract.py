@@ -1,7 +1,7 @@
 """What speculation must never change, checked end to end on the tiny pair (torch runner; fp32, and bf16 where the
 batch-composition test runs through the batch-invariant attention):
 
-- greedy tokens and seeded samples are the same whatever the batch around the request;
+- greedy tokens and seeded samples are the same whatever the batch around the request, and as without speculation;
 - a stop string completed inside an accepted run cuts the text there, and only delivered drafts count as accepted;
 - logprobs come from the target's own row for every emitted token, also for recovered tokens of an imperfect draft.
 """
@@ -48,8 +48,7 @@ def run_in_batch(eng, n_mates: int) -> tuple[list[int], list[int]]:
 def test_greedy_and_seeded_outputs_do_not_depend_on_batch_composition(tiny_pair, method, policy, dtype):
     target, draft = tiny_pair
     plain = make_engine(target, dtype=dtype, **LIMITS)
-    plain.add_request("greedy", plain.tokenizer.encode(PROMPT), greedy(20, ignore_eos=True))
-    want_greedy = tokens_of(run_all(plain)["greedy"])
+    want_greedy, want_seeded = run_in_batch(plain, 0)
 
     results = {}
     for n_mates in (0, 3, 7):
@@ -58,7 +57,9 @@ def test_greedy_and_seeded_outputs_do_not_depend_on_batch_composition(tiny_pair,
         results[n_mates] = run_in_batch(eng, n_mates)
         assert eng.counters.draft_tokens > 0
     assert all(g == want_greedy for g, _ in results.values())  # greedy: with or without speculation, any batch
-    assert results[0][1] == results[3][1] == results[7][1]  # seeded: the same sample whatever the batch
+    # seeded: the same sample whatever the batch, and the same as without speculation (keyed Gumbel coupling, so
+    # also whatever K the policy and the budget gave each step)
+    assert all(s == want_seeded for _, s in results.values())
 
 
 def test_stop_string_completed_inside_an_accepted_run(tiny_pair):
