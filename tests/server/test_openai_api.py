@@ -120,10 +120,11 @@ def test_seed_reproducible(client):
 
 
 def test_seed_reproducible_with_speculation(client):
-    # The main server runs a static K; the adaptive policy gives seeded sampled requests a fixed K too
-    # (engine/spec/policy.py, tests/engine/spec/test_policy.py), so the same seed repeats there as well.
+    # Seeded tokens are keyed Gumbel-max samples (engine/spec/coupled.py): the same at any K, and the same as with
+    # speculation off (tests/engine/test_seeds.py).
     a, b, c = _seeded_texts(client, [1234, 1234, 1234], speculative=True)
     assert a == b == c
+    assert a == _seeded_texts(client, [1234], speculative=False)[0]
 
 
 def test_stop_strings(client):
