@@ -243,6 +243,8 @@ class AdaptivePolicy:
         rooms = [max(0, s.max_total_len - s.num_tokens - 1) for s in seqs]
         times = self._step_times(cell, seqs, allocs)
         unknown = [a for a, t in times.items() if t is None]
+        if unknown and not learn:  # a step with prefill times nothing, so an unmeasured probe there never ends:
+            return 0, 0.0  # no drafts until a decode-only step has measured the arms
         if unknown:  # measured nowhere yet: K = 0 and K_max first (the rest interpolate), each until it has a time
             self.last_probe = True
             if self.last_arm in unknown:
@@ -252,8 +254,8 @@ class AdaptivePolicy:
                   for a, ks in allocs.items()}
         score = self.last_scores = {a: tokens[a] / max(times[a], 1e-12) for a in allocs}
         best = max(score, key=lambda a: score[a])
-        if not learn:
-            return best, 0.0
+        if not learn:  # nor an arm whose time here is only interpolated or borrowed (it would never be measured)
+            return max((a for a in score if a == 0 or self._measured(cell, a)), key=lambda a: score[a]), 0.0
 
         def loss(a: int) -> float:
             return max(0.0, 1.0 - score[a] / score[best])

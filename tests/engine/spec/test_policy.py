@@ -256,3 +256,29 @@ def test_model_arm_wins_when_acceptance_differs_between_rows():
     ideal = (4 * expected_tokens(0.9, 4) + 4) / (0.010 + 0.0008 * 16)
     assert arms.count(MODEL_ARM) >= 0.8 * len(arms), collections.Counter(arms)
     assert tokens / seconds >= 0.97 * ideal, (tokens / seconds, ideal)
+
+
+def test_steps_with_prefill_never_run_an_unmeasured_arm():
+    """At c=16 with short requests nearly every step carries a new request's prefill, and such steps time nothing.
+    An arm run there without a time of its own in the cell is never measured: the unmeasured-arm probe stuck to
+    K_max, and an arm whose time was only interpolated (the model arm, whose draft passes the K = 0..K_max line
+    underprices) ran on every such step. Seen on the real pair at c=16: 1.16 tokens per pass, 0.37x K = 0."""
+    policy = AdaptivePolicy(k_max=4)
+    batch = seqs(16, acceptance=0.1)
+
+    def decode_step() -> None:
+        ks = policy.choose_k(batch, 10_000)
+        acc = [round(0.1 * k) for k in ks]
+        policy.observe(StepRecord(16, 0, ks, acc, 16 + sum(acc), 0.02 + 0.002 * sum(ks) + 0.004 * max(ks)))
+
+    for _ in range(3):  # K = 0 measured, K_max's probe begun (its first step is a catch-up, untimed)
+        decode_step()
+    for _ in range(50):
+        ks = policy.choose_k(batch, 10_000, prefill_tokens=40)
+        assert ks == [0] * 16
+        policy.observe(StepRecord(17, 40, ks + [0], [0] * 17, 17, 0.05))
+    for i in range(60):
+        decode_step()
+        ks = policy.choose_k(batch, 10_000, prefill_tokens=40)
+        assert policy.last_arm == 0 or policy._measured(16, policy.last_arm), (i, policy.last_arm)
+        policy.observe(StepRecord(17, 40, ks + [0], [0] * 17, 17, 0.05))
