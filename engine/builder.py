@@ -22,9 +22,9 @@ from engine.models.tokenizer import load_tokenizer
 from engine.runners.base import Runner
 from engine.runners.options import NeuronOptions, TorchOptions
 from engine.runners.registry import RunnerSpec, resolve_backend
-from engine.spec import draft_model, ngram  # noqa: F401  (register proposers)
-from engine.spec.base import PROPOSERS
-from engine.spec.policy import make_policy
+from engine.spec_decode import draft_model, ngram  # noqa: F401  (register proposers)
+from engine.spec_decode.base import PROPOSERS
+from engine.spec_decode.policy import make_policy
 
 log = logging.getLogger("specserve.engine")
 
@@ -37,7 +37,7 @@ class DraftMismatchError(ValueError):
 
 @dataclass
 class BuildContext:
-    """What a proposer factory (engine.spec.base.PROPOSERS) may use."""
+    """What a proposer factory (engine.spec_decode.base.PROPOSERS) may use."""
 
     settings: Settings
     target_runner: Runner

@@ -26,8 +26,8 @@ from engine.sampling.params import RequestLimits, SamplingParams
 from engine.scheduler import ScheduledRow, Scheduler, SchedulerOutput, no_speculation
 from engine.select import Selection, select_tokens
 from engine.sequence import Sequence
-from engine.spec.base import NO_DRAFT, Draft, Proposer
-from engine.spec.protocol import SpecPolicy
+from engine.spec_decode.base import NO_DRAFT, Draft, Proposer
+from engine.spec_decode.protocol import SpecPolicy
 from engine.stats import EngineCounters, StepRecord
 from engine.structured.support import StructuredSupport
 

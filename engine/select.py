@@ -1,7 +1,7 @@
 """Turn one step's target logits into the tokens each sequence emits.
 
 Seeded sampled sequences (`Sequence.coupled`) take every token, with or without drafts, as the Gumbel-max sample
-keyed by (seed, choice, output position) (`engine.spec.coupled.coupled_verify`): the same text at any K. For the rest,
+keyed by (seed, choice, output position) (`engine.spec_decode.coupled.coupled_verify`): the same text at any K. For the rest,
 rows without draft tokens are plain sampling and rows with drafts go through the rejection sampler. All see logits
 that passed through the same pipeline (`process_logits`), row by row, with each verify row's history including the
 earlier draft tokens — so speculation changes how fast tokens come, never which distribution they come from.
@@ -19,8 +19,8 @@ from engine.sampling.logprobs import compute_logprobs
 from engine.sampling.pipeline import RowContext, process_logits
 from engine.sampling.sampler import probs_from_processed, sample
 from engine.sequence import Sequence
-from engine.spec.coupled import coupled_verify, gumbel_noise
-from engine.spec.rejection_sampler import rejection_sample
+from engine.spec_decode.coupled import coupled_verify, gumbel_noise
+from engine.spec_decode.rejection_sampler import rejection_sample
 from engine.structured.batch import prefetch_masks
 
 

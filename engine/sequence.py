@@ -50,7 +50,7 @@ class Sequence:
     stop_reason: str | int | None = None
     error: str | None = None
     final_sent: bool = False  # the finished output has been handed out
-    # Speculation (this step's drafts are a value, `engine.spec.base.Drafts`, not state kept here).
+    # Speculation (this step's drafts are a value, `engine.spec_decode.base.Drafts`, not state kept here).
     spec: SpecStats = field(default_factory=SpecStats)
     accept_successes: float = 0.0  # recency-weighted accepted drafts (speculation policy's acceptance evidence)
     accept_failures: float = 0.0  # recency-weighted rejections (at most one per verify)
@@ -97,7 +97,7 @@ class Sequence:
     @property
     def coupled(self) -> bool:
         """Seeded and sampled: every token it emits is the Gumbel-max sample keyed by (seed, choice `index`, output
-        position) (`engine.spec.coupled`), drafts included, so its text depends on neither K, nor batch mates, nor
+        position) (`engine.spec_decode.coupled`), drafts included, so its text depends on neither K, nor batch mates, nor
         whether it speculates at all; it adapts K like any other request."""
         return self.params.seed is not None and not self.params.greedy
 

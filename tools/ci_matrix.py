@@ -43,7 +43,7 @@ TRANSFORMERS_TESTS = [
 ]
 # The rest of the engine: sampling, speculation, statistics (scipy) - numpy-heavy, run where numpy differs.
 NUMPY_TESTS = [
-    "tests/engine/sampling", "tests/engine/spec", "tests/engine/test_scheduler.py", "tests/engine/test_seeds.py",
+    "tests/engine/sampling", "tests/engine/spec_decode", "tests/engine/test_scheduler.py", "tests/engine/test_seeds.py",
     "tests/engine/test_async_engine.py",
 ]
 # Left out on purpose, each with its reason (printed with every run).

@@ -1,6 +1,6 @@
 """Record an engine's StepRecords at fixed K and fixed concurrency, for replaying into the speculation policy.
 
-    .venv/bin/python tools/record_steps.py --out tests/engine/spec/data/demo_pair_steps.json
+    .venv/bin/python tools/record_steps.py --out tests/engine/spec_decode/data/demo_pair_steps.json
 
 For each concurrency c and each K (0 = no speculation, K > 0 = draft model, static policy) the engine keeps c greedy
 requests in flight (a finished one is replaced at once, as a closed-loop load generator would) and records every

@@ -4,7 +4,7 @@ argmax(probs / E) with E ~ Exponential(1) i.i.d. per token draws a token with pr
 (it is the Gumbel-max trick in another form; nano-vllm's sampler). It needs no normalization, no cumsum and no host
 sync. A row given a CPU generator draws its noise from it, one row at a time, independent of the other rows; rows
 without one share torch's default generator of the logits' device. The engine passes no generators: seeded requests
-are sampled by the keyed Gumbel-max of `engine.spec.coupled` instead (one noise vector per output position, so their
+are sampled by the keyed Gumbel-max of `engine.spec_decode.coupled` instead (one noise vector per output position, so their
 text does not depend on K), everything else from the default generator.
 
 `probs_from_processed` is the one way to turn processed logits into probabilities; the draft proposer and the
@@ -25,7 +25,7 @@ _TINY = torch.finfo(torch.float32).tiny
 
 def choice_generator(seed: int, index: int) -> torch.Generator:
     """A CPU generator for stream `index` of `seed`, seeded by hashing (seed, index) (tools/measure_seeded_coupling.py
-    samples its reference texts with it; the engine keys seeded requests by `engine.spec.coupled.noise_key`).
+    samples its reference texts with it; the engine keys seeded requests by `engine.spec_decode.coupled.noise_key`).
 
     Hashing (not `seed + index`) keeps streams of different seeds unrelated: with `seed + index`, stream i of seed s
     was stream i-1 of seed s+1.

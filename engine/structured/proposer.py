@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from engine.sequence import Sequence
-from engine.spec.base import Drafts
+from engine.spec_decode.base import Drafts
 
 
 class StructuredProposer:

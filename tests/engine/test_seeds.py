@@ -1,6 +1,6 @@
 """Seeded sampling: a seeded request's text depends on nothing but the request — not on speculation (off, n-gram, the
 draft at any K, static or adaptive), not on the per-step token budget, not on its batch mates — because every token
-it emits is the Gumbel-max sample keyed by (seed, choice, output position) (`engine.spec.coupled`); and per-choice
+it emits is the Gumbel-max sample keyed by (seed, choice, output position) (`engine.spec_decode.coupled`); and per-choice
 streams are unrelated across seeds.
 
 The text of a seeded request changed once when the keyed coupling was wired (other randomness than the per-choice

@@ -18,7 +18,7 @@ import torch
 
 from engine.engine import EngineLimits, LLMEngine
 from engine.runners.base import ForwardBatch, Runner, RunnerInfo
-from engine.spec.draft_model import DraftModelProposer
+from engine.spec_decode.draft_model import DraftModelProposer
 
 V = 64
 

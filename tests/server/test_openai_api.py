@@ -120,7 +120,7 @@ def test_seed_reproducible(client):
 
 
 def test_seed_reproducible_with_speculation(client):
-    # Seeded tokens are keyed Gumbel-max samples (engine/spec/coupled.py): the same at any K, and the same as with
+    # Seeded tokens are keyed Gumbel-max samples (engine/spec_decode/coupled.py): the same at any K, and the same as with
     # speculation off (tests/engine/test_seeds.py).
     a, b, c = _seeded_texts(client, [1234, 1234, 1234], speculative=True)
     assert a == b == c

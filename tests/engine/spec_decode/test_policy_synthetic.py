@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import engine.engine as engine_mod
 from engine.sampling.params import SamplingParams
-from engine.spec.policy import AdaptivePolicy, StaticPolicy, expected_tokens
+from engine.spec_decode.policy import AdaptivePolicy, StaticPolicy, expected_tokens
 from tests.helpers.synthetic_cost_runner import FakeClock, fake_time, synthetic_engine
 
 K_MAX = 4
@@ -88,7 +88,7 @@ def test_regime_change_mid_run_turns_drafting_off(monkeypatch):
 def test_mixed_batch_opted_out_and_seeded_rows(monkeypatch):
     """Four greedy rows at a = 0.05 (drafting does not pay) share every step with two opted-out rows and one seeded
     sampled row: the opted-out rows never get drafts; the seeded row adapts with the others (no fixed K since the keyed
-    coupling, engine.spec.coupled), and all settle on 0."""
+    coupling, engine.spec_decode.coupled), and all settle on 0."""
     extra = [SamplingParams(max_tokens=3000, temperature=0.0, ignore_eos=True, speculative=False)] * 2 + \
         [SamplingParams(max_tokens=3000, temperature=0.8, seed=1, ignore_eos=True)]
     seen, _ = run(monkeypatch, 4, 0.05, steps=250, extra=extra)

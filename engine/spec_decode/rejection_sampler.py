@@ -20,7 +20,7 @@ Randomness: a sequence with a generator draws, in this order, k uniforms (accept
 token, by the exponential-noise trick), from its own CPU generator, so it repeats whatever else is in the batch (but
 not at another K: how many draws it consumes, and which token each decides, depend on k). Sequences without a
 generator share torch's default generators (CPU for uniforms, the device's for noise). Greedy sequences draw nothing.
-The engine sends only unseeded requests here; seeded sampled ones are verified by `engine.spec.coupled`, whose keyed
+The engine sends only unseeded requests here; seeded sampled ones are verified by `engine.spec_decode.coupled`, whose keyed
 noise makes their text independent of K.
 """
 

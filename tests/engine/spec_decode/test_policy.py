@@ -9,8 +9,8 @@ import pytest
 
 from engine.sampling.params import SamplingParams
 from engine.sequence import Sequence
-from engine.spec.goodput import MODEL_ARM, StepTimes, batch_cell
-from engine.spec.policy import AdaptivePolicy, StaticPolicy, expected_tokens, record_verify
+from engine.spec_decode.goodput import MODEL_ARM, StepTimes, batch_cell
+from engine.spec_decode.policy import AdaptivePolicy, StaticPolicy, expected_tokens, record_verify
 from engine.stats import StepRecord
 
 
@@ -94,7 +94,7 @@ def test_seeded_sampled_requests_adapt_like_any_other():
 
 
 def test_cost_model_recovers_coefficients_and_ignores_preempted_steps():
-    from engine.spec.cost_model import StepCostModel
+    from engine.spec_decode.cost_model import StepCostModel
 
     true = dict(c0=0.020, rows=0.001, draft=0.0005, passes=0.004, prefill=0.0001)
     m = StepCostModel()

@@ -5,7 +5,7 @@ seen (the prompt the first time, later the tokens accepted since) and samples dr
 samples draft j, for the sequences that still want more. Draft logits go through the same pipeline as the target's
 (`process_logits`, with the earlier drafts in the history), so the draft distribution the rejection sampler divides by
 is exactly the one the drafts were sampled from. Seeded sampled sequences (`Sequence.coupled`) take draft j as
-argmax(log draft_probs + g) with g the keyed Gumbel noise of the output position it proposes (`engine.spec.coupled`),
+argmax(log draft_probs + g) with g the keyed Gumbel noise of the output position it proposes (`engine.spec_decode.coupled`),
 the noise the target's verify uses there: a draft is accepted iff it is the target's own sample.
 
 The draft runner uses the same slot ids as the target. Its counter `seq.draft_num_computed` rolls back to what the
@@ -20,8 +20,8 @@ from engine.runners.base import ForwardBatch, Runner
 from engine.sampling.pipeline import RowContext, process_logits
 from engine.sampling.sampler import probs_from_processed, sample_from_probs
 from engine.sequence import Sequence
-from engine.spec.base import Drafts, register_proposer
-from engine.spec.coupled import coupled_sample, gumbel_noise
+from engine.spec_decode.base import Drafts, register_proposer
+from engine.spec_decode.coupled import coupled_sample, gumbel_noise
 
 
 class DraftModelProposer:

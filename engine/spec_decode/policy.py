@@ -10,7 +10,7 @@ more than the margin between the choices), and a bandit over realized goodput ra
   and pulled toward the global rate; and the proposer's *supply* per sequence, q_ij = P(at least j drafts | asked for
   j or more), which is 1 for a draft model and what n-gram really produces (short or empty drafts). A row at cap k
   delivers E_i(k) = 1 + sum_{j<=k} q_ij a_i^j tokens in expectation;
-- **step time**, per batch-size cell and *arm*, from that arm's own steps only (`engine.spec.goodput.StepTimes`).
+- **step time**, per batch-size cell and *arm*, from that arm's own steps only (`engine.spec_decode.goodput.StepTimes`).
 
 Arms: a uniform cap K for every adaptive row, for each allowed K (K = 0 and K_max included, so the fixed choices the
 policy is judged against are always measured), and the cost model's per-sequence allocation (`MODEL_ARM`): with
@@ -29,10 +29,10 @@ and time nothing (their time is mostly the prompt's). A regime change re-ranks a
 (shared estimates) or the running arm's time moves; a cheaper other arm is found by the re-measures.
 
 Every request that allows speculation adapts: greedy rows are deterministic at any K, and seeded sampled rows are
-verified by the keyed Gumbel coupling (`engine.spec.coupled`), whose text does not depend on K either. A static
+verified by the keyed Gumbel coupling (`engine.spec_decode.coupled`), whose text does not depend on K either. A static
 policy (`--speculative-policy static`) always grants K_max.
 
-Both implement `engine.spec.protocol.SpecPolicy`, the calls the engine makes.
+Both implement `engine.spec_decode.protocol.SpecPolicy`, the calls the engine makes.
 """
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ from collections import deque
 from collections.abc import Sequence as Seq
 
 from engine.sequence import Sequence
-from engine.spec.cost_model import StepCostModel
-from engine.spec.goodput import MODEL_ARM, StepTimes, batch_cell
-from engine.spec.protocol import SpecPolicy
+from engine.spec_decode.cost_model import StepCostModel
+from engine.spec_decode.goodput import MODEL_ARM, StepTimes, batch_cell
+from engine.spec_decode.protocol import SpecPolicy
 from engine.stats import StepRecord
 
 ACCEPT_DECAY = 0.9  # per verify: weight of a sequence's older acceptance evidence (~10 verifies)

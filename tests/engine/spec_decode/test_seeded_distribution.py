@@ -1,4 +1,4 @@
-"""Seeded requests keep the target's distribution: over many seeds, the keyed Gumbel coupling (engine.spec.coupled) with
+"""Seeded requests keep the target's distribution: over many seeds, the keyed Gumbel coupling (engine.spec_decode.coupled) with
 speculation emits what plain unseeded sampling emits, and the choices of one request are independent samples.
 
 Chi-square at p > 1e-3 on contingency tables (as test_spec_e2e), each with a negative control: a broken key the same
@@ -12,10 +12,10 @@ import pytest
 from scipy.stats import chi2_contingency
 
 import engine.select
-import engine.spec.draft_model
+import engine.spec_decode.draft_model
 from engine.sampling.params import SamplingParams
-from engine.spec.coupled import gumbel_noise
-from tests.engine.spec.test_spec_e2e import prompt_containing_its_likely_continuations
+from engine.spec_decode.coupled import gumbel_noise
+from tests.engine.spec_decode.test_spec_e2e import prompt_containing_its_likely_continuations
 from tests.helpers.engines import make_engine, run_all, tokens_of
 
 LIMITS = dict(max_num_seqs=64, max_queue=2000, max_num_batched_tokens=1024, max_model_len=128)
@@ -99,7 +99,7 @@ def test_negative_control_noise_without_the_position(tiny_pair, setup, monkeypat
         return gumbel_noise(seed, choice, [0] * len(list(positions)), vocab_size)
 
     monkeypatch.setattr(engine.select, "gumbel_noise", unpositioned)
-    monkeypatch.setattr(engine.spec.draft_model, "gumbel_noise", unpositioned)
+    monkeypatch.setattr(engine.spec_decode.draft_model, "gumbel_noise", unpositioned)
     seeded = seeded_run(tiny_pair, ids, "draft")
     assert min(laws_match([c for p in seeded for c in p], [c for p in plain for c in p])) < 1e-3
 
@@ -112,6 +112,6 @@ def test_negative_control_noise_without_the_choice(tiny_pair, setup, monkeypatch
         return gumbel_noise(seed, 0, positions, vocab_size)
 
     monkeypatch.setattr(engine.select, "gumbel_noise", unchosen)
-    monkeypatch.setattr(engine.spec.draft_model, "gumbel_noise", unchosen)
+    monkeypatch.setattr(engine.spec_decode.draft_model, "gumbel_noise", unchosen)
     seeded = seeded_run(tiny_pair, ids, "draft")
     assert p_independent([(a[0], b[0]) for a, b in seeded]) < 1e-3

@@ -14,11 +14,11 @@ import pytest
 import torch
 from scipy.stats import chi2, chisquare, ncx2
 
-import engine.spec.rejection_sampler as rs
+import engine.spec_decode.rejection_sampler as rs
 from engine.sampling.params import SamplingParams
 from engine.sampling.pipeline import RowContext, process_logits
 from engine.sampling.sampler import probs_from_processed
-from engine.spec.rejection_sampler import rejection_sample
+from engine.spec_decode.rejection_sampler import rejection_sample
 
 V = 8
 N = 20_000  # sequences per statistical test

@@ -1,4 +1,4 @@
-"""`SpecPolicy`: what the engine asks of a speculation policy (engine.spec.policy has the implementations).
+"""`SpecPolicy`: what the engine asks of a speculation policy (engine.spec_decode.policy has the implementations).
 
 Per step the engine calls `choose_k` before it schedules, `record_verify` for each verified row, and `observe` once the
 step is measured; every estimate a policy needs (acceptance, proposer supply, step times) is the policy's to keep.

@@ -1,6 +1,6 @@
 """Replay recorded engine steps into the adaptive policy: does it pick the better of K = 0 and K = 4?
 
-tests/engine/spec/data/demo_pair_steps.json holds StepRecords of the demo pair (engine/demo_pair, fp32, this 2-core
+tests/engine/spec_decode/data/demo_pair_steps.json holds StepRecords of the demo pair (engine/demo_pair, fp32, this 2-core
 CPU) at K = 0 and K = 4 (static, draft model) at concurrency 1, 4 and 16, recorded by tools/record_steps.py. The
 replay gives the policy a batch of c sequences; whatever K it asks for, the next recorded step of that K is what it
 observes. Which K is better comes from the recordings themselves (decode-only tokens / seconds).
@@ -16,7 +16,7 @@ import pytest
 
 from engine.sampling.params import SamplingParams
 from engine.sequence import Sequence
-from engine.spec.policy import AdaptivePolicy
+from engine.spec_decode.policy import AdaptivePolicy
 from engine.stats import StepRecord
 
 DATA = json.loads((Path(__file__).parent / "data" / "demo_pair_steps.json").read_text())

@@ -1,4 +1,4 @@
-"""Gumbel-coupled verification (engine.spec.coupled): K-invariant seeded output, exact target marginals, keyed streams.
+"""Gumbel-coupled verification (engine.spec_decode.coupled): K-invariant seeded output, exact target marginals, keyed streams.
 
 The models are synthetic: a distribution over V tokens that depends on the whole history (hashed), so a bug that lets
 K, the draft, or another position's noise leak into a token shows up as a different token. Statistical checks use
@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from engine.spec.coupled import (
+from engine.spec_decode.coupled import (
     coupled_sample,
     coupled_verify,
     coupling_acceptance,

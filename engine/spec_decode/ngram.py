@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.sequence import Sequence
-from engine.spec.base import Drafts, register_proposer
+from engine.spec_decode.base import Drafts, register_proposer
 
 
 def ngram_lookup(tokens: np.ndarray, min_n: int, max_n: int, k: int) -> list[int]:

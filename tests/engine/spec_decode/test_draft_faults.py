@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.spec.draft_model import DraftModelProposer
+from engine.spec_decode.draft_model import DraftModelProposer
 from tests.helpers.engines import final, greedy, make_engine, run_all, tokens_of
 
 PROMPTS = ["def add(a, b):", "for i in range(10):", "class Point:", "import os\nimport sys"]

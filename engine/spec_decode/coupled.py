@@ -1,6 +1,6 @@
 """Gumbel-max coupled speculation: randomness keyed by (seed, choice, position), so a seeded sample ignores K.
 
-Rejection sampling (`engine.spec.rejection_sampler`) consumes its random draws in sequence, and how many it consumes
+Rejection sampling (`engine.spec_decode.rejection_sampler`) consumes its random draws in sequence, and how many it consumes
 depends on K: the same seed gives other text at another K. Here every output position t of choice `choice` of a request
 with `seed` owns one Gumbel noise vector g(seed, choice, t) `[V]`, drawn from a generator seeded by hashing the key, and
 
