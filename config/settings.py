@@ -47,11 +47,22 @@ class EngineSettings(_Section):
     batch_invariant: Literal["auto", "on", "off"] = Field("auto", description="torch backend: batch-invariant attention, so a row's logits are the same bits whatever shares its pass (greedy output identical with and without speculation, alone or in any batch; docs/DETERMINISM.md); auto = on for bf16 on CPU without --torch-compile, where it is exact; fp32 and CUDA GEMMs are not row-invariant, so there it is off")
     engine_process: bool = Field(True, description="run the engine (scheduler, proposers, runners) in its own process, so the event loop and the engine step never share a GIL and an engine crash is a clean error plus a restart (docs/RELIABILITY.md); on by default: 1.03x vs 0.85x of in-process tokens/s at c=32 on the demo target, TTFT +0.9 ms at c=1 (docs/BENCHMARKS.md); --no-engine-process runs it on a thread")
     engine_restart: bool = Field(True, description="with engine_process: respawn the engine process when it dies (fault, OOM killer, kill -9); off: /health stays 503")
+    engine_cpus: str = Field("auto", description="with engine_process on a CPU device: CPUs the engine process is bound to, the API process taking the rest; auto = the last num_threads CPUs when one is left over for the API, none = no binding, or a list such as 1-3,5 (docs/BENCHMARKS.md section 6c: more tokens/s and less TTFT at c=1 on 2 cores)")
 
     @field_validator("num_threads")
     @classmethod
     def _threads_default(cls, value: int | None) -> int:
         return default_num_threads() if value is None else value
+
+    @field_validator("engine_cpus")
+    @classmethod
+    def _cpu_list(cls, value: str) -> str:
+        value = value.strip()
+        if value not in ("auto", "none"):
+            from engine.cpu_affinity import parse_cpu_list
+
+            parse_cpu_list(value)  # raises ValueError with what is wrong
+        return value
 
 
 class SpeculationSettings(_Section):

@@ -20,6 +20,8 @@ import traceback
 import zmq
 
 from engine import errors as engine_errors
+from engine.cpu_affinity import CpuPlan, available_cpus, bind_process, plan_cpus
+from engine.cpu_affinity import describe as describe_cpus
 from engine.ipc import (
     Codec,
     Fatal,
@@ -54,6 +56,7 @@ def run_core(settings, inbox_addr: str, outbox_addr: str, log_level: str = "info
     codec = Codec()
     try:
         try:
+            plan = _bind_cpus(settings)
             engine, name, tokenizer_path = _build(settings)
         except BaseException as e:
             log.exception("engine build failed")
@@ -64,7 +67,7 @@ def run_core(settings, inbox_addr: str, outbox_addr: str, log_level: str = "info
             model_name=name, tokenizer_path=tokenizer_path, vocab_size=engine.vocab_size,
             max_model_len=lim.max_model_len, max_num_seqs=lim.max_num_seqs, max_queue=lim.max_queue,
             max_num_batched_tokens=lim.max_num_batched_tokens, eos_token_ids=sorted(engine.eos_token_ids),
-            pid=os.getpid())))
+            pid=os.getpid(), api_cpus=sorted(plan.api) if plan.api is not None else None)))
         try:
             CoreLoop(engine, inbox, outbox, codec, parent).run()
         except BaseException as e:  # a bug in the loop: say so, then die; the API side fails in-flight work
@@ -75,6 +78,22 @@ def run_core(settings, inbox_addr: str, outbox_addr: str, log_level: str = "info
         inbox.close()
         outbox.close()
         ctx.term()
+
+
+def _bind_cpus(settings) -> CpuPlan:
+    """Bind this process as `--engine-cpus` asks (before the model loads, so torch's OpenMP threads start there);
+    the returned plan's API CPUs travel to the API process in `Ready`."""
+    from engine.runners.registry import resolve_backend
+    from engine.runners.torch_runner import resolve_device
+
+    cpu = resolve_backend(settings.engine.backend).name == "torch" and resolve_device(settings.model.device).type == "cpu"
+    plan = plan_cpus(settings.engine.engine_cpus, num_threads=settings.engine.num_threads or 1,
+                     engine_process=True, cpu_device=cpu, available=available_cpus())
+    bind_process(plan.engine)
+    if plan.binds:
+        log.info("engine core bound to %s, API process to %s (--engine-cpus %s)", describe_cpus(plan.engine),
+                 describe_cpus(plan.api), settings.engine.engine_cpus)
+    return plan
 
 
 def _build(settings):

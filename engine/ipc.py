@@ -56,6 +56,7 @@ class Ready(msgspec.Struct, tag="ready", array_like=True):
     max_num_batched_tokens: int
     eos_token_ids: list[int]
     pid: int
+    api_cpus: list[int] | None = None  # the CPUs --engine-cpus leaves to the API process (None: leave it unbound)
 
 
 class LoadFailed(msgspec.Struct, tag="load_failed", array_like=True):

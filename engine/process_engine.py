@@ -31,6 +31,7 @@ from engine import errors as engine_errors
 from engine.admission import request_limits
 from engine.async_engine import Drainable, EngineStats, RequestStream
 from engine.core_mirror import ApiAdmission, CounterMirror
+from engine.cpu_affinity import bind_process
 from engine.errors import EngineStoppedError, QueueFullError
 from engine.ipc import (
     AddRequest,
@@ -277,6 +278,8 @@ class ProcessEngine(Drainable):
                 if isinstance(msg, Ready):
                     inc.ready = msg
                     log.info("engine core ready (pid %d)", msg.pid)
+                    if msg.api_cpus is not None:  # keep the API's wake-ups off the engine's cores
+                        bind_process(frozenset(msg.api_cpus))
                     return inc
                 if isinstance(msg, LoadFailed):
                     _stop_process(proc, grace=5.0)
