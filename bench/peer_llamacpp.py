@@ -73,6 +73,18 @@ def bf16_gguf(src: Path, cache_dir: Path) -> Path:
     return out
 
 
+def per_slot_positions(args: argparse.Namespace) -> int:
+    """Positions per llama.cpp slot: specserve's `--max-model-len` when the run passes one to the specserve servers
+    (`--serve-arg=--max-model-len=N`), so both sides size their KV caches alike; else 2048."""
+    extra = list(getattr(args, "serve_arg", None) or [])
+    for i, a in enumerate(extra):
+        if a.startswith("--max-model-len="):
+            return int(a.split("=", 1)[1])
+        if a == "--max-model-len" and i + 1 < len(extra):
+            return int(extra[i + 1])
+    return 2048
+
+
 def llamacpp_command(target: str, port: int, args: argparse.Namespace) -> list[str]:
     """The llama-server command line for this comparison; raises PeerUnavailable (one line) when it cannot run."""
     server = _binary("SPECSERVE_LLAMA_SERVER", "llama-server")
@@ -82,6 +94,6 @@ def llamacpp_command(target: str, port: int, args: argparse.Namespace) -> list[s
     gguf = bf16_gguf(source_gguf(target), cache)
     slots = max(args.concurrency)
     threads = str(args.threads or 1)
-    ctx = slots * 2048  # llama-server splits -c over its slots: 2048 positions each
+    ctx = slots * per_slot_positions(args)  # llama-server splits -c over its slots
     return [server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", threads, "-tb", threads,
             "--parallel", str(slots), "-c", str(ctx), "--cache-ram", "0"]

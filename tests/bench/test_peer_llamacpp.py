@@ -45,7 +45,10 @@ def test_command_has_equal_threads_and_no_prompt_cache(monkeypatch, tmp_path):
     assert cmd[cmd.index("-t") + 1] == "2" and cmd[cmd.index("-tb") + 1] == "2"
     assert cmd[cmd.index("--cache-ram") + 1] == "0" and cmd[cmd.index("--parallel") + 1] == "16"
     assert cmd[cmd.index("--port") + 1] == "8123"
+    assert cmd[cmd.index("-c") + 1] == str(16 * 2048)  # 2048 positions per slot by default
     assert REQUEST_EXTRA == {"cache_prompt": False}
+    sized = llamacpp_command(str(gguf), 8123, _args(concurrency=[1, 16], serve_arg=["--max-model-len=1024"]))
+    assert sized[sized.index("-c") + 1] == str(16 * 1024)  # the KV size specserve's servers were given
 
 
 def test_quantized_gguf_is_requantized_to_bf16_once(monkeypatch, tmp_path):
