@@ -122,8 +122,13 @@ class _ClientLeft:
     """The HTTP client disconnected."""
 
 
-# What the pump and watcher tasks of one EngineRun hand its consumer, in arrival order.
-_RunEvent = _Output | _StreamEnded | _StreamFailed | _ClientLeft
+@dataclass(frozen=True, slots=True)
+class _DeadlinePassed:
+    """The request's wall-clock deadline (server.request_timeout) passed."""
+
+
+# What the pump and watcher tasks (and the deadline timer) of one EngineRun hand its consumer, in arrival order.
+_RunEvent = _Output | _StreamEnded | _StreamFailed | _ClientLeft | _DeadlinePassed
 
 
 class EngineRun:
@@ -140,8 +145,10 @@ class EngineRun:
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Yield (stream index, output) until every stream ended; raise on deadline, disconnect or engine error."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
         queue: asyncio.Queue[_RunEvent] = asyncio.Queue()
+        # One timer for the whole request, not `wait_for` per event: that wraps every token's `queue.get()` in a
+        # new task plus a timer handle, on the event loop every stream shares.
+        timer = loop.call_later(self.timeout, queue.put_nowait, _DeadlinePassed())
 
         async def pump(i: int, stream: Any) -> None:
             try:
@@ -164,31 +171,29 @@ class EngineRun:
         if self.request is not None:
             self._tasks.append(asyncio.create_task(watch_disconnect(self.request)))
         remaining = len(self.streams)
-        while remaining:
-            left = deadline - loop.time()
-            try:
-                if left <= 0:
-                    raise asyncio.TimeoutError
-                event = await asyncio.wait_for(queue.get(), left)
-            except asyncio.TimeoutError:
-                self.close()
-                raise RequestTimeoutError(
-                    f"request exceeded the server's {self.timeout:g} s deadline (server.request_timeout)") from None
-            match event:
-                case _Output(i, out):
-                    if FinishReason.of(out) in (FinishReason.ERROR, FinishReason.ABORT):
+        try:
+            while remaining:
+                match await queue.get():
+                    case _Output(i, out):
+                        if FinishReason.of(out) in (FinishReason.ERROR, FinishReason.ABORT):
+                            self.close()
+                        yield i, out
+                    case _StreamEnded(i):
+                        self._done[i] = True
+                        remaining -= 1
+                    case _StreamFailed(i, error):
+                        self._done[i] = True
                         self.close()
-                    yield i, out
-                case _StreamEnded(i):
-                    self._done[i] = True
-                    remaining -= 1
-                case _StreamFailed(i, error):
-                    self._done[i] = True
-                    self.close()
-                    raise error
-                case _ClientLeft():
-                    self.close()
-                    raise ClientDisconnectedError()
+                        raise error
+                    case _ClientLeft():
+                        self.close()
+                        raise ClientDisconnectedError()
+                    case _DeadlinePassed():
+                        self.close()
+                        raise RequestTimeoutError(
+                            f"request exceeded the server's {self.timeout:g} s deadline (server.request_timeout)")
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         """Abort every unfinished engine stream and stop the helper tasks. Idempotent."""
