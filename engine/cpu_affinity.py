@@ -2,11 +2,11 @@
 
 Why: on a CPU server the engine step is one long run of OpenMP work, and the API process (event loop, tokenization,
 SSE writes) wakes for every token of every stream. Left to the kernel's scheduler, the API process and the engine
-share cores: each wake-up can preempt the engine's thread (or, with several OpenMP threads, stall the whole parallel
-region at its next barrier). Measured on the 2-core dev machine (demo target, K = 0, c = 1, streaming): binding the
-core to CPU 1 and the API to CPU 0 gave ~10 % more tokens/s and ~3 ms less time to first token than leaving both
-unbound (docs/BENCHMARKS.md, section 6c). vLLM's CPU backend binds its OpenMP threads for the same reason
-(`VLLM_CPU_OMP_THREADS_BIND`).
+may share a core: a wake-up can preempt the engine's thread (or, with several OpenMP threads, stall the whole
+parallel region at its next barrier). vLLM's CPU backend binds its OpenMP threads for this reason
+(`VLLM_CPU_OMP_THREADS_BIND`). Measured on the 2-core dev machine (docs/BENCHMARKS.md section 6c), binding was not
+faster when the machine was otherwise quiet, so the default is `none`; it is there for hosts where other work
+competes for the cores.
 
 Plan (`plan_cpus`): with `auto`, the engine gets the last `num_threads` of the CPUs this process may use and the API
 process the rest, but only where the engine runs in its own process on a CPU device and at least one CPU is left

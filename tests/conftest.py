@@ -14,10 +14,6 @@ from tests.helpers.tiny_models import make_tiny_pair
 # tiny models' ops slow down ~10x (barrier waits). One intra-op thread per process, inherited by subprocesses.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
-# Servers and engine processes started by tests would all bind to the same last CPU (`--engine-cpus auto`) and the
-# test process itself to the first: several of them at once would then share one core. Tests of the binding itself
-# (tests/engine/test_cpu_affinity.py) set it explicitly.
-os.environ.setdefault("SPECSERVE_ENGINE_CPUS", "none")
 
 
 @pytest.fixture(scope="session")
