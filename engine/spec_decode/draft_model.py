@@ -10,6 +10,13 @@ the noise the target's verify uses there: a draft is accepted iff it is the targ
 
 The draft runner uses the same slot ids as the target. Its counter `seq.draft_num_computed` rolls back to what the
 target accepted; positions past it are overwritten on the next pass.
+
+Catch-up is bounded: while a sequence runs at K = 0 its draft cache falls behind (the whole prompt, the first time),
+and an unbounded pass 1 after a stretch of K = 0 at concurrency 64 fed the draft 64 x (prompt + output) tokens at
+once: seconds on a CPU, and a pass no accelerator's memory or Neuron bucket was sized for. Pass 1 takes at most
+`catch_up_budget` tokens (the engine's per-step token budget): the sequences closest to caught up first, drafting
+this step; the next one catches up partly (no logits); the rest get no drafts this step (the policy sees a short
+supply, as for an n-gram miss) and catch up in later steps.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from engine.spec_decode.coupled import coupled_sample, gumbel_noise
 class DraftModelProposer:
     name = "draft"
 
-    def __init__(self, runner: Runner):
+    def __init__(self, runner: Runner, catch_up_budget: int = 512):
         self.runner = runner
+        self.catch_up_budget = max(1, catch_up_budget)
 
     def propose(self, seqs: list[Sequence], max_drafts: list[int]) -> Drafts:
         active = [(s, k) for s, k in zip(seqs, max_drafts, strict=True) if k > 0]
@@ -36,18 +44,27 @@ class DraftModelProposer:
         drafts: dict[Sequence, list[int]] = {s: [] for s in seqs}
         step = 0
         while active:
-            rows = active
-            if step == 0:  # catch-up pass: everything the draft cache lacks, up to and including the last token
+            extra: list[tuple[Sequence, list[int]]] = []  # a partial catch-up riding along, without logits
+            if step == 0:  # catch-up pass: what the draft cache lacks, up to and including the last token
+                rows, partial = self._catch_up_plan(active)
                 tokens = [s.all_ids[s.draft_num_computed:] for s, _ in rows]
+                if partial is not None:
+                    seq, n = partial
+                    extra.append((seq, seq.all_ids[seq.draft_num_computed:seq.draft_num_computed + n]))
                 starts = [s.draft_num_computed for s, _ in rows]
             else:
+                rows = active
                 tokens = [[drafts[s][-1]] for s, _ in rows]
                 starts = [s.num_tokens + step - 1 for s, _ in rows]
             batch = ForwardBatch(
-                slot_ids=[s.slot for s, _ in rows], token_ids=tokens, start_pos=starts, num_logits=[1] * len(rows))
-            logits = self.runner.execute(batch)  # (len(rows), V)
-            for (s, _), t in zip(rows, tokens, strict=True):
+                slot_ids=[s.slot for s, _ in rows] + [s.slot for s, _ in extra], token_ids=tokens + [t for _, t in extra],
+                start_pos=starts + [s.draft_num_computed for s, _ in extra],
+                num_logits=[1] * len(rows) + [0] * len(extra))
+            logits = self.runner.execute(batch)  # (len(rows), V): the partial row asks for none
+            for s, t in zip([s for s, _ in rows + extra], tokens + [t for _, t in extra], strict=True):
                 s.draft_num_computed += len(t)
+            if not rows:
+                break
             # Under a grammar each draft is sampled from the draft distribution masked by the state it would reach.
             ctxs = [RowContext(s.params, s.prompt_ids, s.output_ids + drafts[s], s.stop_token_ids,
                                s.grammar.allowed_after(drafts[s]) if s.grammar is not None else None)
@@ -61,6 +78,22 @@ class DraftModelProposer:
             active = [(s, k) for s, k in rows if len(drafts[s]) < k]
         return Drafts([drafts[s] for s in seqs],
                       [torch.stack(probs[s]) if s in probs and probs[s] else None for s in seqs])
+
+    def _catch_up_plan(self, active: list[tuple[Sequence, int]]
+                       ) -> tuple[list[tuple[Sequence, int]], tuple[Sequence, int] | None]:
+        """(rows that catch up fully and draft this step, least backlog first, within the budget; the next row and
+        how many of its backlog tokens fit in what is left, or None)."""
+        budget = self.catch_up_budget
+        rows: list[tuple[Sequence, int]] = []
+        for s, k in sorted(active, key=lambda sk: sk[0].num_tokens - sk[0].draft_num_computed):
+            backlog = s.num_tokens - s.draft_num_computed  # >= 1: the last token is always new to the draft
+            if backlog <= budget:
+                rows.append((s, k))
+                budget -= backlog
+                continue
+            # Leave at least the last token for the pass that drafts: only that pass may produce its logits.
+            return rows, ((s, min(budget, backlog - 1)) if budget > 0 else None)
+        return rows, None
 
     @staticmethod
     def _choose(row_probs: torch.Tensor, seqs: list[Sequence], step: int) -> list[int]:
@@ -90,4 +123,4 @@ class DraftModelProposer:
 
 @register_proposer("draft")
 def _make_draft(ctx) -> DraftModelProposer:
-    return DraftModelProposer(ctx.build_draft_runner())
+    return DraftModelProposer(ctx.build_draft_runner(), catch_up_budget=ctx.settings.engine.max_num_batched_tokens)
