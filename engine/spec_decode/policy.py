@@ -5,28 +5,44 @@ any load, on any device. A fitted cost model alone cannot promise that (a linear
 more than the margin between the choices), and a bandit over realized goodput ranks near-tied choices by luck (a
 4-row step either accepts a run or not). So goodput is split in its two halves, each measured where it is cheap:
 
-- **tokens**, from ONE estimate shared by every arm and fed by every verify: per-token acceptance a_i per sequence
-  (accepted drafts are successes, a rejection one failure: the ML estimate of a geometric acceptance), recency-weighted
-  and pulled toward the global rate; and the proposer's *supply* per sequence, q_ij = P(at least j drafts | asked for
-  j or more), which is 1 for a draft model and what n-gram really produces (short or empty drafts). A row at cap k
-  delivers E_i(k) = 1 + sum_{j<=k} q_ij a_i^j tokens in expectation;
+- **tokens**, from ONE estimate shared by every arm and fed by every verify. Drafts accept in streaks: P(draft j
+  accepted | drafts 1..j-1 accepted) rises with j (a first draft often wrong, then runs), and one per-token rate a
+  fitted to such verifies (E(k) = 1 + sum a^j, the earlier geometric model) undervalues deep drafts against shallow
+  ones (true conditionals 0.5, 0.8, 0.9, 0.9: E(4)/E(2) = 1.36, the geometric fit 1.27), so the policy drafted short
+  where K_max won (issue 14). The token model is per position instead (`PositionAcceptance`): global decayed counts
+  `at_risk[j]`, `accepted[j]` (shape (K_max + 1,), index j = draft position, 0 unused) of verifies with a draft at j
+  and drafts 1..j-1 accepted, and of those that accepted draft j, give the conditional alpha_j. A position never
+  reached borrows the one below it (BORROW_WEIGHT pseudo-verifies of alpha_{j-1}; position 1 starts at
+  `prior_acceptance`): no prior makes a deep cap look good before a verify has reached it. A position's counts
+  decay when a verify reaches it, and by STALE_DECAY per drafting step otherwise, so a few unlucky probe rows at a
+  deep position relax toward the position below until it is re-measured. Per sequence, its own evidence (the
+  geometric ML a_i of its verifies, recency-weighted over ~20 verifies and pulled toward the global a of the same
+  kind) moves every position's log-odds by logit(a_i) - logit(a): a shift keeps every alpha in [0, 1] whatever the
+  ratio, is 0 for a sequence without evidence, and prices a sequence that rejects everything near 1 token within a
+  few verifies (the engine's per-row calls are `record_verify`, whose counts live on the Sequence). And the
+  proposer's *supply* per sequence, q_ij = P(at least j drafts | asked for j or more), which is 1 for a draft model
+  and what n-gram really produces (short or empty drafts). A row at cap k delivers
+  E_i(k) = 1 + sum_{j<=k} prod_{m<=j} q_im alpha_im tokens in expectation (`token_curve`);
 - **step time**, per batch-size cell and *arm*, from that arm's own steps only (`engine.spec_decode.goodput.StepTimes`).
 
 Arms: a uniform cap K for every adaptive row, for each allowed K (K = 0 and K_max included, so the fixed choices the
 policy is judged against are always measured), and the cost model's per-sequence allocation (`MODEL_ARM`): with
-acceptance a_i, sequence i gets k_i = min(K, largest j with a_i^j >= theta), theta = (tokens/s at K=0) * (seconds per
-extra draft token), priced whole by `StepCostModel` (opted-out rows at K = 0, prompt tokens prefilled beside
-them). An arm's score is sum_i E_i(k_i) over the step's rows / its step time here; the policy
-runs the best. An arm with no time here borrows one: interpolated between K = 0 and K_max (a verify and a draft pass
-cost about linearly in K), or from the nearest cell scaled on a common arm.
+the same token curves, sequence i gets k_i = min(K, largest j with E_i(j) - E_i(j-1) >= theta) (that gain is
+prod_{m<=j} q_im alpha_im, falling with j), theta = (tokens/s at K=0) * (seconds per extra draft token), priced whole
+by `StepCostModel` (opted-out rows at K = 0, prompt tokens prefilled beside them). An arm's score is sum_i E_i(k_i)
+over the step's rows / its step time here; the policy runs the best. An arm with no time here borrows one:
+interpolated between K = 0 and K_max (a verify and a draft pass cost about linearly in K), or from the nearest cell
+scaled on a common arm.
 
-Probes: K = 0, K_max and any arm within `close` of the best are measured in every cell they matter in (a short burst,
-one step more after a K = 0 stretch, whose first draft step also pays the draft model's catch-up and is not timed);
-then one re-measure every `interval` decisions of a cell, the interval doubling (to `probe_max`) each time a re-measure
-leaves the ranking as it was and reset when it changes it. A probe of a bad arm costs goodput, so probes may lose at
-most `probe_share` of the cell's time (counted with their predicted loss). Steps with prefill run the cell's best arm
-and time nothing (their time is mostly the prompt's). A regime change re-ranks at once when acceptance or supply moves
-(shared estimates) or the running arm's time moves; a cheaper other arm is found by the re-measures.
+Probes: K = 0, K_max, the caps next to the best (`_edges`: the K = 0..K_max line misprices them most where the step
+time bends, and their steps reach the draft position past the best cap) and any arm within `close` of the best are
+measured in every cell they matter in (a short burst, one step more after a K = 0 stretch, whose first draft step
+also pays the draft model's catch-up and is not timed); then one re-measure every `interval` decisions of a cell,
+the interval doubling (to `probe_max`) each time a re-measure leaves the ranking as it was and reset when it changes
+it. A probe of a bad arm costs goodput, so probes may lose at most `probe_share` of the cell's time (counted with
+their predicted loss). Steps with prefill run the cell's best arm and time nothing (their time is mostly the
+prompt's). A regime change re-ranks at once when acceptance or supply moves (shared estimates) or the running arm's
+time moves; a cheaper other arm is found by the re-measures.
 
 Every request that allows speculation adapts: greedy rows are deterministic at any K, and seeded sampled rows are
 verified by the keyed Gumbel coupling (`engine.spec_decode.coupled`), whose text does not depend on K either. A static
@@ -36,6 +52,7 @@ Both implement `engine.spec_decode.protocol.SpecPolicy`, the calls the engine ma
 """
 from __future__ import annotations
 
+import math
 import weakref
 from collections import deque
 from collections.abc import Sequence as Seq
@@ -46,11 +63,15 @@ from engine.spec_decode.goodput import MODEL_ARM, StepTimes, batch_cell
 from engine.spec_decode.protocol import SpecPolicy
 from engine.stats import StepRecord
 
-ACCEPT_DECAY = 0.9  # per verify: weight of a sequence's older acceptance evidence (~10 verifies)
+ACCEPT_DECAY = 0.95  # per verify: weight of a sequence's older acceptance evidence (~20 verifies; see `_shift`)
 PRIOR_WEIGHT = 1.0  # pseudo-observations of the global rate in each sequence's acceptance
 SUPPLY_PRIOR = 0.5  # pseudo-observations of the global supply in each sequence's supply
 GLOBAL_DECAY = 0.98  # per verify, for the global acceptance and supply (~50 verifies)
 SUPPLY_DECAY = 0.9  # per verify, for a sequence's supply (n-gram's matches come and go with the text)
+PRIOR_COUNT = 4.0  # pseudo-verifies of `prior_acceptance` at draft position 1 (they decay like real ones)
+BORROW_WEIGHT = 1.0  # pseudo-verifies of position j - 1's conditional in position j's (all of it until j is reached)
+STALE_DECAY = 0.98  # per drafting step, positions 2..K_max: evidence no verify refreshes fades to the borrowed one
+_EPS = 1e-6  # probabilities are clipped to [_EPS, 1 - _EPS] before a logit
 
 
 def expected_tokens(a: float, k: float) -> float:
@@ -66,6 +87,55 @@ def record_verify(seq: Sequence, num_draft: int, num_accepted: int) -> None:
     """Update a sequence's acceptance evidence after a verify of `num_draft` drafts."""
     seq.accept_successes = ACCEPT_DECAY * seq.accept_successes + num_accepted
     seq.accept_failures = ACCEPT_DECAY * seq.accept_failures + (1.0 if num_accepted < num_draft else 0.0)
+
+
+def logit(p: float) -> float:
+    p = min(max(p, _EPS), 1.0 - _EPS)
+    return math.log(p / (1.0 - p))
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+class PositionAcceptance:
+    """Decayed counts per draft position j = 1..K_max of verifies *at risk* at j (a draft at j, drafts 1..j-1
+    accepted) and of those that accepted draft j: alpha_j = P(draft j accepted | drafts 1..j-1 accepted).
+
+    A position's counts decay by `decay` per verify only when the verify reaches it: deep positions may be reached
+    only by probes, and a per-verify decay of every position would forget them within a step or two at c=16 (the
+    curve would fall back to the borrowed value at once). They age slowly per drafting step instead (`age`)."""
+
+    def __init__(self, k_max: int, prior: float, decay: float):
+        self.decay = decay
+        self.at_risk = [0.0] * (k_max + 1)  # (K_max + 1,), index j = position (0 unused)
+        self.accepted = [0.0] * (k_max + 1)
+        self.at_risk[1], self.accepted[1] = PRIOR_COUNT, PRIOR_COUNT * prior
+
+    def add(self, num_draft: int, num_accepted: int) -> None:
+        """One verify of `num_draft` drafts of which the first `num_accepted` were accepted."""
+        for j in range(1, min(num_draft, num_accepted + 1, len(self.at_risk) - 1) + 1):
+            self.at_risk[j] = self.decay * self.at_risk[j] + 1.0
+            self.accepted[j] = self.decay * self.accepted[j] + (1.0 if num_accepted >= j else 0.0)
+
+    def age(self) -> None:
+        """One drafting step: the counts of positions 2..K_max fade by STALE_DECAY (on top of the per-verify decay
+        of the positions a verify reaches), so that a deep position's estimate from a few probe steps, which may be
+        a few unlucky (or correlated) rows, relaxes toward the position below it until a verify reaches it again,
+        and the cap that reaches it gets re-ranked. K = 0 steps do not age the counts (nothing is reached, nothing
+        to re-rank). Position 1, reached by every drafting verify, keeps ~1/(1 - GLOBAL_DECAY) verifies."""
+        for j in range(2, len(self.at_risk)):  # position 1: every drafting verify reaches it
+            self.at_risk[j] *= STALE_DECAY
+            self.accepted[j] *= STALE_DECAY
+
+    def conditionals(self) -> list[float]:
+        """alpha_j for j = 0..K_max (shape (K_max + 1,), alpha_0 = 1 unused). Position j's estimate has
+        BORROW_WEIGHT pseudo-verifies of alpha_{j-1}: a position never reached is priced as the one below it (not
+        as an optimistic prior), and a streak shows only once verifies have reached it."""
+        out = [1.0, self.accepted[1] / max(self.at_risk[1], 1e-12)]
+        for j in range(2, len(self.at_risk)):
+            out.append((self.accepted[j] + BORROW_WEIGHT * out[-1]) / (self.at_risk[j] + BORROW_WEIGHT))
+        return out
 
 
 class Supply:
@@ -117,8 +187,11 @@ class AdaptivePolicy:
         self.k_max = self.ks[-1]
         self.cost = StepCostModel()
         self.times = table or StepTimes()
-        self.global_successes = 4.0 * prior_acceptance  # decayed totals over all sequences' verifies
-        self.global_failures = 4.0 * (1.0 - prior_acceptance)
+        # Decayed totals over all sequences' verifies, geometric ML form like each sequence's own: the baseline a
+        # sequence's own acceptance is compared with (`_shift`).
+        self.global_successes = PRIOR_COUNT * prior_acceptance
+        self.global_failures = PRIOR_COUNT * (1.0 - prior_acceptance)
+        self.positions = PositionAcceptance(self.k_max, prior_acceptance, GLOBAL_DECAY)  # the token model's curve
         self.global_supply = Supply(self.k_max, GLOBAL_DECAY)
         self.supply: weakref.WeakKeyDictionary[Sequence, Supply] = weakref.WeakKeyDictionary()
         self.probe_every, self.probe_every_new, self.probe_max = probe_every, probe_every_new, probe_max
@@ -153,17 +226,38 @@ class AdaptivePolicy:
         s, f = seq.accept_successes, seq.accept_failures
         return (s + PRIOR_WEIGHT * self.global_acceptance) / (s + f + PRIOR_WEIGHT)
 
-    def token_curve(self, seq: Sequence, global_hazards: list[float] | None = None) -> list[float]:
-        """E[tokens delivered] by this row at k = 0..K_max: 1 + sum_{j<=k} q_j a^j (shape (K_max + 1,))."""
-        a = self.acceptance(seq)
+    def _shift(self, seq: Sequence) -> float:
+        """Log-odds by which this sequence's own evidence moves every position's conditional: logit(a_i) -
+        logit(a_global), both the geometric ML estimates of the same verifies' kind (a_i pulled toward the global
+        rate, so 0 for a sequence without evidence). One shift, not per-sequence per-position counts: a sequence has
+        ~20 verifies of evidence (ACCEPT_DECAY), too few to fit K_max conditionals (its deep positions would rest on
+        a handful of verifies, and at c=1 the same verifies feed the global curve anyway), but enough to say it
+        accepts better or worse than the rest; in log-odds every alpha stays in (0, 1). ACCEPT_DECAY is 0.95, not
+        0.9: with streaky acceptance a few first-draft rejections in a row are common, and a 10-verify window read
+        them as a bad sequence (c=1: K = 0 stretches, 0.72-0.99x the best cap over 12 seeds; 0.95: 0.986-1.002x),
+        while a new sequence that rejects everything still reaches the same low a_i after as many verifies."""
+        return logit(self.acceptance(seq)) - logit(self.global_acceptance)
+
+    def _global_logits(self) -> list[float]:
+        """logit(alpha_j) of the global per-position conditionals, j = 0..K_max (shape (K_max + 1,); index 0
+        unused)."""
+        return [logit(a) for a in self.positions.conditionals()]
+
+    def token_curve(self, seq: Sequence, global_hazards: list[float] | None = None,
+                    global_logits: list[float] | None = None) -> list[float]:
+        """E[tokens delivered] by this row at k = 0..K_max (shape (K_max + 1,)):
+        E(k) = 1 + sum_{j<=k} prod_{m<=j} q_m alpha_m, with q_m the row's supply hazard and alpha_m the global
+        conditional acceptance at position m moved by the row's own log-odds shift."""
+        shift = self._shift(seq)
         own = self.supply.get(seq)
         gh = global_hazards or self._global_hazards()
-        out, q, aj = [1.0], 1.0, 1.0
+        gl = global_logits or self._global_logits()
+        out, p = [1.0], 1.0  # p = P(draft j exists and is accepted, with all before it)
         for j in range(1, self.k_max + 1):
             g = gh[j]
             h = g if own is None else (own.survived[j] + SUPPLY_PRIOR * g) / (own.at_risk[j] + SUPPLY_PRIOR)
-            q, aj = q * h, aj * a
-            out.append(out[-1] + q * aj)
+            p *= h * sigmoid(gl[j] + shift)
+            out.append(out[-1] + p)
         return out
 
     def _global_hazards(self) -> list[float]:
@@ -238,8 +332,8 @@ class AdaptivePolicy:
                   learn: bool) -> tuple[int, float]:
         """(arm, predicted share of the step's time it loses against the best: > 0 only for probes)."""
         self.last_probe = False
-        gh = self._global_hazards()
-        curves = [self.token_curve(s, gh) for s in seqs]
+        gh, gl = self._global_hazards(), self._global_logits()
+        curves = [self.token_curve(s, gh, gl) for s in seqs]
         rooms = [max(0, s.max_total_len - s.num_tokens - 1) for s in seqs]
         times = self._step_times(cell, seqs, allocs)
         unknown = [a for a, t in times.items() if t is None]
@@ -275,13 +369,14 @@ class AdaptivePolicy:
             self.interval[cell] = min(2 * self.interval.get(cell, self.probe_every), self.probe_max) if kept \
                 else self.probe_every
             self.next_refresh[cell] = n + self.interval[cell]
-        matters = [a for a in score if a != best and (a in (0, self.k_max) or loss(a) <= self.close)]
+        edges = self._edges(best)
+        matters = [a for a in score if a != best and (a in edges or loss(a) <= self.close)]
         missing = [a for a in matters if not self._measured(cell, a)]
         refresh = n >= self.next_refresh.setdefault(cell, n + self.probe_every)
         if missing and n % self.probe_every_new == 0:
             pool = missing
         elif refresh:
-            pool = [a for a in score if a != best and (a in (0, self.k_max) or loss(a) <= 0.1)]
+            pool = [a for a in score if a != best and (a in edges or loss(a) <= 0.1)]
         else:
             return best, 0.0
         room = self.probe_share * self.cell_seconds.get(cell, 0.0) - self.probe_loss.get(cell, 0.0)
@@ -300,6 +395,18 @@ class AdaptivePolicy:
             self.next_refresh[cell] = n + self.interval.get(cell, self.probe_every)
         self.last_probe = True
         return pick, loss(pick)
+
+    def _edges(self, best: int) -> set[int]:
+        """Arms measured wherever they matter whatever their score: K = 0 and K_max (the fixed choices the policy is
+        judged against) and the uniform caps next to the best one. A neighbour's score rests on an interpolated time
+        until it is measured, and the K = 0 .. K_max line is off most where the step time bends (a verify growing
+        past a device's knee between K and K + 1), which is where the neighbour and the best swap; its probe also
+        brings the token model evidence at the draft position past the best cap, which only such steps reach."""
+        out = {0, self.k_max}
+        if best >= 0:
+            i = self.ks.index(best)
+            out.update(self.ks[max(i - 1, 0):i + 2])
+        return out
 
     def allocate(self, seqs: list[Sequence], arm: int, prefill_tokens: int = 0,
                  adaptive: list[bool] | None = None) -> list[int]:
@@ -322,13 +429,15 @@ class AdaptivePolicy:
         """The cost model's allocation for the adaptive `seqs`; `others` (sequence, fixed K) share the step."""
         if not seqs or not self.cost.ready:
             return [self.ks[-1]] * len(seqs)
-        accept = [self.acceptance(s) for s in seqs]
+        gh, gl = self._global_hazards(), self._global_logits()
+        curves = [self.token_curve(s, gh, gl) for s in seqs]  # the token model the arms are scored with
         # The rest of the step at any K: its rows, their drafts (capped by room left, as the scheduler does), the
         # tokens they are expected to emit, and the prefill.
         b = len(seqs) + len(others)
         other_k = [max(0, min(k, s.max_total_len - s.num_tokens - 1)) for s, k in others]
         fixed_draft, fixed_passes = sum(other_k), max(other_k, default=0)
-        fixed_tokens = sum(expected_tokens(self.acceptance(s), k) for (s, _), k in zip(others, other_k, strict=True))
+        fixed_tokens = sum(self.token_curve(s, gh, gl)[min(k, self.k_max)]
+                           for (s, _), k in zip(others, other_k, strict=True))
 
         def step_time(alloc: list[int]) -> float:
             return max(self.cost.predict(b, fixed_draft + sum(alloc), max(fixed_passes, *alloc), prefill_tokens), 1e-9)
@@ -337,20 +446,20 @@ class AdaptivePolicy:
         per_draft = max(self.cost.predict(b, fixed_draft + 1, fixed_passes, prefill_tokens) - t0, 1e-9)
         theta = ((len(seqs) + fixed_tokens) / t0) * per_draft  # tokens a draft must add to pay for itself
         best_rate, best_alloc = -1.0, [0] * len(seqs)
-        own = [self._own_k(a, self.k_max, theta) for a in accept]  # a^k falls with k: a cap only clips it
+        # A draft's gain E(k) - E(k-1) = prod_{m<=k} q_m alpha_m falls with k (every factor <= 1): a cap only clips.
+        own = [self._own_k(c, self.k_max, theta) for c in curves]
         for k in self.ks:
-            alloc = [o if o <= k else self._own_k(a, k, theta) for a, o in zip(accept, own, strict=True)]
-            rate = (fixed_tokens + sum(expected_tokens(a, kk) for a, kk in zip(accept, alloc, strict=True))) \
-                / step_time(alloc)
+            alloc = [o if o <= k else self._own_k(c, k, theta) for c, o in zip(curves, own, strict=True)]
+            rate = (fixed_tokens + sum(c[kk] for c, kk in zip(curves, alloc, strict=True))) / step_time(alloc)
             if rate > best_rate:
                 best_rate, best_alloc = rate, alloc
         return best_alloc
 
-    def _own_k(self, a: float, cap: int, theta: float) -> int:
-        """Largest allowed k <= cap whose last draft is still worth its cost (a^k >= theta)."""
+    def _own_k(self, curve: list[float], cap: int, theta: float) -> int:
+        """Largest allowed k <= cap whose last draft is still worth its cost (E(k) - E(k-1) >= theta)."""
         own = 0
         for k in self.ks:
-            if 0 < k <= cap and a ** k >= theta:
+            if 0 < k <= cap and curve[k] - curve[k - 1] >= theta:
                 own = k
         return own
 
@@ -361,11 +470,14 @@ class AdaptivePolicy:
 
     def observe(self, rec: StepRecord) -> None:
         self.steps += 1
+        if rec.total_draft:  # a K = 0 stretch reaches no position: nothing to re-rank, and the curve stays as it was
+            self.positions.age()
         verified = rec.num_accepted if rec.num_verified_accepted is None else rec.num_verified_accepted
         for d, acc in zip(rec.num_draft, verified, strict=True):
             if d:
                 self.global_successes = GLOBAL_DECAY * self.global_successes + acc
                 self.global_failures = GLOBAL_DECAY * self.global_failures + (1.0 if acc < d else 0.0)
+                self.positions.add(d, acc)
         pending, self._pending = self._pending, None
         if pending and rec.batch_size == len(pending[3]) and not rec.num_prefill_tokens and rec.seconds > 0:
             cell, arm, loss, seqs, asked, probe, mask = pending
