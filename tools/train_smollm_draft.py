@@ -105,7 +105,7 @@ def load_or_generate(target_dir: Path, prompts: list[str], args) -> tuple[list[d
 
         tok = AutoTokenizer.from_pretrained(str(target_dir))
         runner = TorchRunner(load_model(target_dir, dtype=torch.bfloat16), max_slots=args.gen_batch,
-                             max_model_len=512)
+                             max_model_len=1024)  # code prompts (<= ~400 tokens) + 128 new
         data = generate_answers(runner, tok, prompts, args.max_new, args.top_k, args.gen_batch)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data, path)
@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-code", action="store_true", help="instruction prompts only (the first shipped draft's data)")
     ap.add_argument("--compare", default="engine/default_model/draft",
                     help="draft directory (layers + config) evaluated beside the new one on the same sets; '' = none")
+    ap.add_argument("--no-init-eval", action="store_true",
+                    help="skip the copied-layer (before training) row on the code and chat sets (saves eval time)")
     ap.add_argument("--train-budget-s", type=float, default=0.0,
                     help="if > 0, lower --steps after 10 steps so training fits in this many seconds")
     args = ap.parse_args(argv)
@@ -382,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     drafts = {"before_training": init, "after_training": draft, **({"compare": compare} if compare else {})}
     figures = {}
     for name, recs in eval_sets.items():
-        figures[name] = evaluate_many(drafts, target, recs)
+        skip = args.no_init_eval and name != "instruct_held_out"
+        figures[name] = evaluate_many({d: m for d, m in drafts.items() if not (skip and d == "before_training")},
+                                      target, recs)
         log.info("%s: %s", name, json.dumps({d: {"a_k4": f["greedy"][4]["a"], "tpp": [
             round(f["greedy"][k]["tokens_per_pass"], 3) for k in (1, 2, 4)]} for d, f in figures[name].items()}))
     before, after = figures["instruct_held_out"]["before_training"], figures["instruct_held_out"]["after_training"]
