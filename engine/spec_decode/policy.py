@@ -108,8 +108,10 @@ class PositionAcceptance:
 
     def __init__(self, k_max: int, prior: float, decay: float):
         self.decay = decay
-        self.at_risk = [0.0] * (k_max + 1)  # (K_max + 1,), index j = position (0 unused)
-        self.accepted = [0.0] * (k_max + 1)
+        # (max(K_max, 1) + 1,), index j = position (0 unused); K_max = 0 (fused speculation, K = 0 only) keeps the
+        # prior's position 1 so the curve's code needs no special case.
+        self.at_risk = [0.0] * (max(k_max, 1) + 1)
+        self.accepted = [0.0] * (max(k_max, 1) + 1)
         self.at_risk[1], self.accepted[1] = PRIOR_COUNT, PRIOR_COUNT * prior
 
     def add(self, num_draft: int, num_accepted: int) -> None:
