@@ -40,9 +40,8 @@ from bench.synthetic import build_random_llama, drive_in_process, engine_for  # 
 class InProcessEngine:
     """The in-process side, in a fresh spawned interpreter of its own: the engine-core process is one too, so neither
     side's engine shares an interpreter (its garbage collector, its imported modules, the load generator's objects)
-    with the benchmark's client. Measured before this split, the engine driven inside this process ran c=32 at
-    0.6-0.8x the speed of the same engine behind HTTP, so the HTTP/in-process ratio said more about this process
-    than about HTTP."""
+    with the benchmark's client. (Driven inside this process, the engine ran c=32 at 0.6-0.8x the same engine behind
+    HTTP; in its own process it still ran at 0.74-0.87x, so that gap is not the interpreter: docs/BENCHMARKS.md 6b.)"""
 
     def __init__(self, model: str | None, method: str, flags: dict, items: list[dict], max_tokens: int):
         ctx = mp.get_context("spawn")
