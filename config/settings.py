@@ -59,9 +59,11 @@ class EngineSettings(_Section):
     def _cpu_list(cls, value: str) -> str:
         value = value.strip()
         if value not in ("auto", "none"):
-            from engine.cpu_affinity import parse_cpu_list
+            from engine.cpu_affinity import available_cpus, parse_cpu_list
 
-            parse_cpu_list(value)  # raises ValueError with what is wrong
+            cpus, allowed = parse_cpu_list(value), available_cpus()  # parse raises ValueError with what is wrong
+            if not cpus <= allowed:  # caught at start-up, before the port is bound, not when the engine loads
+                raise ValueError(f"CPUs {sorted(cpus - allowed)} are outside this process's affinity {sorted(allowed)}")
         return value
 
 
