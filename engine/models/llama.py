@@ -161,6 +161,7 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(cfg)
         self.residual_dtype: torch.dtype | None = None  # None: the weights' dtype (see keep_residual_fp32)
         self.batch_invariant = False  # see make_batch_invariant
+        self.native = None  # a NativeDecoder (engine/native/decoder.py) that runs the layers in one call; see use_native
 
     def make_batch_invariant(self) -> None:
         """Attend through `invariant_attention`, so a row's logits do not depend on how many rows, queries or keys
@@ -184,8 +185,15 @@ class LlamaForCausalLM(nn.Module):
                 m.weight.data = m.weight.data.float()
                 m.out_dtype = wdtype
 
+    def use_native(self, decoder) -> None:
+        """Run the decoder layers through `decoder` (a NativeDecoder); the mask and context length of StepInputs are
+        then unused: the native attention reads each token's own slot up to its own position."""
+        self.native = decoder
+
     def forward(self, inp: StepInputs, cache: KVCache) -> torch.Tensor:
         """Run the rows, update the cache; return logits (N, vocab) in the model dtype for `inp.logits_idx`."""
+        if self.native is not None:
+            return self._forward_native(inp, cache)
         B, S = inp.input_ids.shape  # noqa: N806
         x = self.embed_tokens(inp.input_ids)  # (B, S, hidden)
         if self.residual_dtype is not None:
@@ -204,3 +212,13 @@ class LlamaForCausalLM(nn.Module):
         if inp.logits_idx is not None:
             x = x.index_select(0, inp.logits_idx)  # (N, hidden): the LM head runs only where logits are needed
         return self.lm_head(self.norm(x))  # (N, vocab)
+
+    def _forward_native(self, inp: StepInputs, cache: KVCache) -> torch.Tensor:
+        B, S = inp.input_ids.shape  # noqa: N806
+        x = self.embed_tokens(inp.input_ids.reshape(-1)).float()  # (B*S, hidden) fp32 residual stream
+        slots = inp.slot_ids[:, None].expand(B, S).reshape(-1).contiguous()  # (B*S,) the KV slot of every token
+        self.native(x, slots, inp.positions.reshape(-1).contiguous(), cache)
+        if inp.logits_idx is not None:
+            x = x.index_select(0, inp.logits_idx)  # (N, hidden)
+        h = torch.ops.specserve_native.rmsnorm_bf16(x, self.norm.weight, self.norm.eps)  # (N, hidden) bf16
+        return self.lm_head(h)  # (N, vocab)

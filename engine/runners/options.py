@@ -15,6 +15,7 @@ class TorchOptions:
     compile: bool = False  # torch.compile the decode/verify step per batch bucket
     compile_cache_dir: str | None = None  # torch.compile's persistent caches
     batch_invariant: bool | None = None  # None: on for bf16 on CPU without compile (torch_runner.py)
+    native: bool = True  # the hand-written CPU kernels (engine/native) where they build and the path is invariant
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,13 @@ bf16 decode ~2x faster than fp32 on the development machine, and a K+1-token ver
 
 from __future__ import annotations
 
+import logging
 import os
 from itertools import chain
 
 import torch
 
+import engine.native as native_kernels
 from engine.models.compiled import CompiledStep, set_cache_dir, share_weights_copy
 from engine.models.config import ModelConfig
 from engine.models.cpu_linear import pack_cpu_bf16_linears
@@ -29,6 +31,8 @@ from engine.models.kv_cache import KVCache
 from engine.models.llama import LlamaForCausalLM, StepInputs
 from engine.models.loader import load_model
 from engine.runners.base import ForwardBatch, Runner, RunnerInfo
+
+log = logging.getLogger("specserve.runner")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,7 +75,8 @@ class TorchRunner(Runner):
     """Runner protocol over `LlamaForCausalLM` and a static slot KV cache."""
 
     def __init__(self, model: LlamaForCausalLM, *, max_slots: int, max_model_len: int, pack_weights: bool = True,
-                 compile: bool = False, compile_cache_dir: str | None = None, batch_invariant: bool | None = None):
+                 compile: bool = False, compile_cache_dir: str | None = None, batch_invariant: bool | None = None,
+                 native: bool = True):
         """`pack_weights`: on CPU in bf16, re-lay linear weights out for oneDNN once (see cpu_linear.py); the model
         is then inference-only and its linear layers no longer expose `.weight`.
 
@@ -82,7 +87,12 @@ class TorchRunner(Runner):
         `batch_invariant` (None: on for bf16 on CPU without `compile`): attention through
         `engine/models/invariant_attention.py`, so a row's logits are the same bits whatever shares its pass (decode
         or verify, batch 1 or 64, prefill chunking). The linear layers already are on CPU (oneDNN bf16 GEMMs are
-        row-invariant); fp32 GEMMs and CUDA kernels are not, so there it stays off (equal up to numerics)."""
+        row-invariant); fp32 GEMMs and CUDA kernels are not, so there it stays off (equal up to numerics).
+
+        `native`: where the bf16 CPU path is batch-invariant and the hand-written kernels build (engine/native: a
+        C++ compiler and AVX512-BF16), the linear layers and the whole decoder-layer loop run through them; the step
+        is then one op call per pass instead of ~35 ATen ops per layer. Otherwise (or `native=False`) the eager path
+        with oneDNN-packed linears; `self.native_reason` says why."""
         cfg: ModelConfig = model.config
         if max_slots < 1 or max_model_len < 2:
             raise ValueError(f"need max_slots >= 1 and max_model_len >= 2, got {max_slots}, {max_model_len}")
@@ -115,17 +125,33 @@ class TorchRunner(Runner):
             self.compiled = CompiledStep(share_weights_copy(model), self.cache, max_slots=max_slots)
         self.packed_linears = 0
         if pack_weights and self.device.type == "cpu" and self.dtype == torch.bfloat16:
-            self.packed_linears = pack_cpu_bf16_linears(model)
+            self.packed_linears = pack_cpu_bf16_linears(model, native=native and batch_invariant)
+        self.native_reason = self._use_native(native, pack_weights)
+
+    def _use_native(self, wanted: bool, packed: bool) -> str | None:
+        """Switch the model to the native decoder if it can run it; None when it does, else why not."""
+        if not wanted:
+            return "turned off"
+        if not (self.batch_invariant and packed):
+            return "only on the batch-invariant bf16 CPU path with packed weights"
+        from engine.native.decoder import NativeDecoder, unsupported_reason
+
+        reason = native_kernels.native_reason() or unsupported_reason(self.model)
+        if reason is None:
+            self.model.use_native(NativeDecoder(self.model))
+        else:
+            log.info("torch runner: native CPU kernels not used (%s); eager step", reason)
+        return reason
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, max_slots: int, max_model_len: int,
                         dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
                         compile: bool = False, compile_cache_dir: str | None = None,
-                        batch_invariant: bool | None = None) -> TorchRunner:
+                        batch_invariant: bool | None = None, native: bool = True) -> TorchRunner:
         dev = resolve_device(device)
         model = load_model(path_or_id, dtype=resolve_dtype(dtype, dev), device=dev)
         return cls(model, max_slots=max_slots, max_model_len=max_model_len, compile=compile,
-                   compile_cache_dir=compile_cache_dir, batch_invariant=batch_invariant)
+                   compile_cache_dir=compile_cache_dir, batch_invariant=batch_invariant, native=native)
 
     def info(self) -> RunnerInfo:
         return RunnerInfo(
@@ -170,7 +196,8 @@ class TorchRunner(Runner):
             return None
         lens = [len(t) for t in batch.token_ids]
         S = max(lens)  # noqa: N806
-        if self.batch_invariant and B == 1 and S == 1:
+        native = self.model.native is not None
+        if self.batch_invariant and not native and B == 1 and S == 1:
             # A lone token becomes a row of 2 (the second padding, written to scratch): oneDNN's bf16 GEMM with one
             # row takes another kernel whose sums differ in the last bit for K >= 1536 (SmolLM2's down_proj:
             # 178 of 1.15 M outputs), while every M >= 2 agrees. Memory-bound, the second row is nearly free.
@@ -217,7 +244,9 @@ class TorchRunner(Runner):
                 logits_idx = logits_idx.to(self.device, non_blocking=True)
         # Every query sees all of [0, L) only when each row is one token ending at L (decode at equal positions).
         needs_mask = S > 1 or any(e != L for e in ends)
-        if self.batch_invariant:  # whole key blocks, always masked (invariant_attention.py)
+        if native:  # the native attention reads each token's slot up to its own position: no mask
+            needs_mask = False
+        elif self.batch_invariant:  # whole key blocks, always masked (invariant_attention.py)
             L, needs_mask = pad_context(L, self.cache.max_len), True  # noqa: N806
         mask = StepInputs.causal_mask(positions, L) if needs_mask else None
         return StepInputs(input_ids=ids, positions=positions, slot_ids=slot_ids, ctx_len=L, attn_mask=mask,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import engine.native as native_kernels
 from engine.models.config import ModelConfig
 from engine.models.llama import LlamaForCausalLM
 from engine.runners.base import ForwardBatch
@@ -24,7 +25,7 @@ VOCAB, SLOTS, MAX_LEN = 512, 16, 720
 PROMPT_LENS = [37, 600, 5, 300, 129, 64, 511, 513, 90, 250, 17, 700, 400, 63, 1, 200]  # slot i's prompt length
 
 
-def _runner(invariant: bool) -> TorchRunner:
+def _runner(invariant: bool, native: bool = False) -> TorchRunner:
     torch.manual_seed(0)
     cfg = ModelConfig(model_type="llama", vocab_size=VOCAB, hidden_size=576, intermediate_size=1536, num_layers=2,
                       num_heads=9, num_kv_heads=3, head_dim=64, max_position_embeddings=1024)
@@ -32,7 +33,8 @@ def _runner(invariant: bool) -> TorchRunner:
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.08)
-    return TorchRunner(model.to(torch.bfloat16), max_slots=SLOTS, max_model_len=MAX_LEN, batch_invariant=invariant)
+    return TorchRunner(model.to(torch.bfloat16), max_slots=SLOTS, max_model_len=MAX_LEN, batch_invariant=invariant,
+                       native=native)
 
 
 def _prompts() -> list[list[int]]:
@@ -80,13 +82,17 @@ def _comparisons(runner: TorchRunner) -> list[tuple[str, torch.Tensor, torch.Ten
     return out
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["aten", "native"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_bf16_logits_do_not_depend_on_the_pass(threads):
+def test_bf16_logits_do_not_depend_on_the_pass(threads, native):
+    """Both invariant implementations: invariant_attention.py over ATen ops, and the one-call native decoder."""
+    if native and not native_kernels.load():
+        pytest.skip(f"native kernels unavailable here: {native_kernels.native_reason()}")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        runner = _runner(invariant=True)
-        assert runner.batch_invariant
+        runner = _runner(invariant=True, native=native)
+        assert runner.batch_invariant and (runner.model.native is not None) == native
         diffs = [(what, (a - b).abs().max().item()) for what, a, b in _comparisons(runner)]
     finally:
         torch.set_num_threads(old)

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from engine.models import LlamaForCausalLM, ModelConfig
+import engine.native as native_kernels
 from engine.models.cpu_linear import PackedLinear, packing_available
+from engine.native.linear import NativeLinear
 from engine.runners.base import ForwardBatch
 from engine.runners.torch_runner import TorchRunner
 
@@ -69,11 +71,16 @@ def test_fp32_weights_are_unchanged_by_the_residual_policy():
     assert model.residual_dtype is None and all(getattr(m, "out_dtype", None) is None for m in model.modules())
 
 
-@pytest.mark.skipif(not packing_available(), reason="this torch build has no usable oneDNN packed linear")
-def test_tied_head_is_packed_and_matches_the_unpacked_head():
-    packed = TorchRunner(_model(torch.bfloat16), max_slots=1, max_model_len=MAX_LEN)
+@pytest.mark.parametrize("native", [False, True], ids=["onednn", "native"])
+def test_tied_head_is_packed_and_matches_the_unpacked_head(native):
+    if not native and not packing_available():
+        pytest.skip("this torch build has no usable oneDNN packed linear")
+    if native and not native_kernels.load():
+        pytest.skip(f"native kernels unavailable here: {native_kernels.native_reason()}")
+    packed = TorchRunner(_model(torch.bfloat16), max_slots=1, max_model_len=MAX_LEN, native=native)
     plain = TorchRunner(_model(torch.bfloat16), max_slots=1, max_model_len=MAX_LEN, pack_weights=False)
-    assert isinstance(packed.model.lm_head, PackedLinear) and packed.packed_linears == 4 * CFG.num_layers + 1
+    kind = NativeLinear if native else PackedLinear
+    assert isinstance(packed.model.lm_head, kind) and packed.packed_linears == 4 * CFG.num_layers + 1
     assert isinstance(packed.model.embed_tokens.weight, torch.nn.Parameter)  # lookups keep the plain table
     got, want = _logits(packed, TOKS), _logits(plain, TOKS)
     torch.testing.assert_close(got, want, atol=2e-2, rtol=0)

@@ -227,7 +227,7 @@ def test_cpu_bf16_packed_weights_match_plain_linear():
     from engine.models.cpu_linear import packing_available
 
     toks = _tokens(9, 12)
-    packed = TorchRunner(_model(torch.bfloat16), max_slots=1, max_model_len=MAX_LEN)
+    packed = TorchRunner(_model(torch.bfloat16), max_slots=1, max_model_len=MAX_LEN, native=False)
     plain = TorchRunner(_model(torch.bfloat16), max_slots=1, max_model_len=MAX_LEN, pack_weights=False)
     if not packing_available():
         pytest.skip("this torch build has no usable oneDNN packed linear")
