@@ -80,6 +80,8 @@ def bucket_of(evt, label: str | None) -> str:
     name = evt.name
     if name in LABELS:
         return f"python:{name}"  # a label's own self time: interpreter work between the ops of that region
+    if name == "specserve_native::decoder_layers":
+        return "native:decoder_layers"  # the whole layer stack in one op; its matmul share is timed separately
     if "linear" in name or name in ("aten::addmm", "aten::mm", "aten::matmul", "aten::bmm"):
         return "matmul:head" if label == "head" else "matmul:layers"
     if "scaled_dot_product" in name or "flash_attention" in name:
@@ -147,6 +149,7 @@ def measure(engine, b: int, prompt: list[int], steps: int, prof_steps: int) -> d
             continue
         buckets[bucket_of(evt, innermost_label(evt))] += evt.self_cpu_time_total / 1e3 / prof_steps  # ms/step
     step_ms = median(step_times) * 1e3
+    matmuls = native_matmul_ms(engine.runner, b)
     traced = sum(buckets.values())
     scale = step_ms / prof_wall / 1e3  # profiled ms -> unprofiled ms (the profiler inflates every op's cost)
     per_step = {k: round(v * scale, 3) for k, v in sorted(buckets.items(), key=lambda kv: -kv[1])}
@@ -160,29 +163,51 @@ def measure(engine, b: int, prompt: list[int], steps: int, prof_steps: int) -> d
         "profiled_step_ms": round(prof_wall * 1e3, 3),
         "profiled_untraced_ms": round(prof_wall * 1e3 - traced, 3),
         "breakdown_ms_per_step_scaled": per_step,
+        **({"native_layer_matmuls_alone_ms": matmuls} if matmuls is not None else {}),
     }
+
+
+def native_matmul_ms(runner, b: int) -> float | None:
+    """With the native decoder: the 4 x layers linear calls alone at this batch's row count, median of 20 (the weight
+    streaming inside `native:decoder_layers`; the rest of that op is norms, RoPE, attention and adds)."""
+    model = runner.model
+    if getattr(model, "native", None) is None:
+        return None
+    lins = [m for layer in model.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                                                   layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+    xs = {m.in_features: torch.randn(b, m.in_features).bfloat16() for m in lins}
+    times = []
+    with torch.inference_mode():
+        for _ in range(20):
+            t = time.perf_counter()
+            for m in lins:
+                m(xs[m.in_features])
+            times.append(time.perf_counter() - t)
+    return round(median(times) * 1e3, 3)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", default=None, help="checkpoint dir; default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--batch", default="1,16")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--prof-steps", type=int, default=5)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--compile", default="off", help="torch_compile setting passed to the runner")
+    ap.add_argument("--native-kernels", default="auto", help="auto | off (the eager step)")
     ap.add_argument("--out")
     args = ap.parse_args()
     batches = [int(x) for x in args.batch.split(",")]
     engine = engine_for(args.model, dtype=args.dtype, num_threads=args.threads, max_num_seqs=max(batches),
-                        max_model_len=1024, **({"torch_compile": args.compile} if args.compile != "off" else {}))
+                        max_model_len=1024, native_kernels=args.native_kernels, **({"torch_compile": args.compile} if args.compile != "off" else {}))
     tok = engine.tokenizer
     prompt = tok.apply_chat_template([{"role": "user", "content": "Explain how a hash map works, with an example."}],
                                      add_generation_prompt=True, tokenize=True)
     prompt = list(prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt)
     results = [measure(engine, b, prompt, args.steps, args.prof_steps) for b in batches]
-    out = {"model": args.model, "dtype": args.dtype, "threads": torch.get_num_threads(), "prompt_tokens": len(prompt),
+    out = {"model": args.model, "dtype": args.dtype, "threads": torch.get_num_threads(),
+           "native": getattr(engine.runner.model, "native", None) is not None, "prompt_tokens": len(prompt),
            "runner": engine.runner.describe() if hasattr(engine.runner, "describe") else {},
            "machine": machine_info(), "results": results,
            "command": " ".join(["python", *sys.argv])}

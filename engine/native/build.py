@@ -35,7 +35,10 @@ def _compile_command(sources: list[Path], out: Path) -> list[str]:
 
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
     abi = int(torch.compiled_with_cxx11_abi())
-    cmd = [cxx, "-O3", "-shared", "-fPIC", "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    # -fopenmp: at::parallel_for is a header template over `#pragma omp parallel` (torch's OpenMP backend); without
+    # it the kernels run on one thread whatever torch.set_num_threads says. The library then needs libgomp.so.1, which
+    # torch has already loaded (its bundled copy has that soname), so both share one OpenMP runtime and thread count.
+    cmd = [cxx, "-O3", "-shared", "-fPIC", "-fopenmp", "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     cmd += [str(s) for s in sources]
     cmd += [f"-L{p}" for p in cpp_extension.library_paths()]
