@@ -1,8 +1,8 @@
 """`NativeLinear`: a bf16 CPU linear layer over `specserve_native::linear_bf16` (see linear_bf16.cpp).
 
-Measured against oneDNN's prepacked bf16 linear on SmolLM2-135M's shapes (1 thread, AVX512-BF16 Zen 4): 2.1-2.9x at
-2 rows (the batch-1 decode step), 1.1-1.4x at 16, equal at 64; outputs equal oneDNN's bit for bit for K <= 576 and
-within one bf16 rounding for K = 1536, and independent of the row count by construction.
+Measured against oneDNN's prepacked bf16 linear on SmolLM2-135M's shapes (1 thread, AVX512-BF16 Zen 4,
+docs/bench/native_linear.json): 1.6-2.9x at 2 rows (the batch-1 decode step), 0.96-1.6x at 16, 1.02-1.23x at 64;
+outputs agree with oneDNN's to bf16 rounding and are independent of the row count by construction.
 """
 
 from __future__ import annotations
