@@ -139,6 +139,7 @@ class TorchRunner(Runner):
         reason = native_kernels.native_reason() or unsupported_reason(self.model)
         if reason is None:
             self.model.use_native(NativeDecoder(self.model))
+            log.info("torch runner: native CPU kernels (engine/native) for the linears and the decoder layers")
         else:
             log.info("torch runner: native CPU kernels not used (%s); eager step", reason)
         return reason
