@@ -62,7 +62,8 @@ def pack_cpu_bf16_linears(model: nn.Module, *, native: bool = True) -> int:
     packed copy (SmolLM2: 49,152 x 576, 57 MB more memory). Unpacked, that one matmul measured 5.8 ms of a ~20 ms
     step at batch 1 against 2.4 ms packed (1 thread, bf16): oneDNN re-lays the 21 % of the weights out every call."""
     use_native = native and native_kernels.load()
-    if not use_native and not packing_available():
+    onednn = packing_available()  # a probe: run it once, not per layer
+    if not use_native and not onednn:
         return 0
     count = 0
     for module in list(model.modules()):
@@ -71,7 +72,7 @@ def pack_cpu_bf16_linears(model: nn.Module, *, native: bool = True) -> int:
                     and child.weight.device.type == "cpu"):
                 if use_native and NativeLinear.fits(child):
                     setattr(module, name, NativeLinear(child))
-                elif packing_available():
+                elif onednn:
                     setattr(module, name, PackedLinear(child))
                 else:
                     continue

@@ -132,7 +132,7 @@ class TorchRunner(Runner):
         """Switch the model to the native decoder if it can run it; None when it does, else why not."""
         if not wanted:
             return "turned off"
-        if not (self.batch_invariant and packed):
+        if not (self.batch_invariant and packed):  # fp32, CUDA, compile, --batch-invariant off: nothing to log
             return "only on the batch-invariant bf16 CPU path with packed weights"
         from engine.native.decoder import NativeDecoder, unsupported_reason
 
