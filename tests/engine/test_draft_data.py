@@ -7,8 +7,18 @@ from pathlib import Path
 
 import torch
 
-from tools.smollm_draft_data import (CODE_ASKS, CODE_MAX_LINES, CODE_MODULES, CODE_PER_MODULE, code_functions,
-                                     code_manifest, code_prompts, split, stdlib_functions, training_prompts)
+from tools.smollm_draft_data import (
+    CODE_ASKS,
+    CODE_MAX_LINES,
+    CODE_MODULES,
+    CODE_PER_MODULE,
+    code_functions,
+    code_manifest,
+    code_prompts,
+    split,
+    stdlib_functions,
+    training_prompts,
+)
 from tools.train_smollm_draft import _bench_prompts, _figures, _fit_steps, answer_logits, check_no_overlap
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.models import LlamaForCausalLM, ModelConfig
 import engine.native as native_kernels
+from engine.models import LlamaForCausalLM, ModelConfig
 from engine.models.cpu_linear import PackedLinear, packing_available
 from engine.native.linear import NativeLinear
 from engine.runners.base import ForwardBatch
