@@ -4,7 +4,8 @@ The draft is a standard `LlamaForCausalLM` (`draft/config.json`): a few decoder 
 from the target by `tools/train_smollm_draft.py`, with the *target's* tied embedding / LM head (49,152 x 576, 57 MB in
 bf16), which training kept frozen. Git carries only what training changed (`draft/draft_layers.safetensors`: the
 layers and the final norm); the embedding is copied out of the converted target at first start, so the assembled
-directory loads on every runner like any other checkpoint. The entry is keyed by the hashes of both inputs.
+directory loads on every runner like any other checkpoint. The entry is keyed by the hashes of both inputs. A
+`draft_vocab.safetensors` beside the layers (the reduced-vocabulary head's token ids) is copied along.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import os
 import shutil
 from pathlib import Path
+
+from engine.models.draft_vocab import DRAFT_VOCAB_FILE
 
 log = logging.getLogger("specserve.engine")
 
@@ -43,7 +46,8 @@ def assemble_draft(target_dir: Path, cache_dir: Path, src: Path | None = None) -
     layers, cfg_file = src / LAYERS_FILE, src / "config.json"
     if not layers.is_file() or not cfg_file.is_file():
         raise FileNotFoundError(f"default draft weights missing in {src} (rebuild with tools/train_smollm_draft.py)")
-    entry = cache_dir / "default" / f"draft-{_digest(cfg_file, layers, target_dir / 'model.safetensors')}"
+    inputs = [cfg_file, layers, target_dir / "model.safetensors", *[f for f in [src / DRAFT_VOCAB_FILE] if f.is_file()]]
+    entry = cache_dir / "default" / f"draft-{_digest(*inputs)}"
     if (entry / _DONE).is_file():
         return entry
     log.info("default draft: assembling %s from %s and the target's embedding", entry, src)
@@ -57,6 +61,8 @@ def assemble_draft(target_dir: Path, cache_dir: Path, src: Path | None = None) -
                 state[name] = f.get_tensor(name)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         shutil.copy(cfg_file, tmp / "config.json")
+        if (src / DRAFT_VOCAB_FILE).is_file():  # the reduced-vocabulary head's token ids (engine/models/draft_vocab.py)
+            shutil.copy(src / DRAFT_VOCAB_FILE, tmp / DRAFT_VOCAB_FILE)
         for name in _TOKENIZER_FILES:  # same tokenizer as the target (the builder checks the vocabularies match)
             if (target_dir / name).is_file():
                 shutil.copy(target_dir / name, tmp / name)

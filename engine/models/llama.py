@@ -162,6 +162,7 @@ class LlamaForCausalLM(nn.Module):
         self.residual_dtype: torch.dtype | None = None  # None: the weights' dtype (see keep_residual_fp32)
         self.batch_invariant = False  # see make_batch_invariant
         self.native = None  # a NativeDecoder (engine/native/decoder.py) that runs the layers in one call; see use_native
+        self.head_token_ids: torch.Tensor | None = None  # (N,): a draft head over these ids only (draft_vocab.py)
 
     def make_batch_invariant(self) -> None:
         """Attend through `invariant_attention`, so a row's logits do not depend on how many rows, queries or keys
@@ -191,7 +192,8 @@ class LlamaForCausalLM(nn.Module):
         self.native = decoder
 
     def forward(self, inp: StepInputs, cache: KVCache) -> torch.Tensor:
-        """Run the rows, update the cache; return logits (N, vocab) in the model dtype for `inp.logits_idx`."""
+        """Run the rows, update the cache; return logits (N, vocab) in the model dtype for `inp.logits_idx`
+        ((N, len(head_token_ids)) for a reduced head)."""
         if self.native is not None:
             return self._forward_native(inp, cache)
         B, S = inp.input_ids.shape  # noqa: N806

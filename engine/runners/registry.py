@@ -74,7 +74,8 @@ def _build_torch(path: str, spec: RunnerSpec) -> Runner:
     return TorchRunner.from_pretrained(path, max_slots=spec.max_slots, max_model_len=spec.max_model_len,
                                        dtype=spec.dtype, device=spec.device, compile=spec.torch.compile,
                                        compile_cache_dir=spec.torch.compile_cache_dir,
-                                       batch_invariant=spec.torch.batch_invariant, native=spec.torch.native)
+                                       batch_invariant=spec.torch.batch_invariant, native=spec.torch.native,
+                                       draft_vocab=spec.role == "draft")
 
 
 register_backend(Backend("torch", _build_torch, lambda: None))

@@ -26,10 +26,11 @@ import engine.native as native_kernels
 from engine.models.compiled import CompiledStep, set_cache_dir, share_weights_copy
 from engine.models.config import ModelConfig
 from engine.models.cpu_linear import pack_cpu_bf16_linears
+from engine.models.draft_vocab import DRAFT_VOCAB_FILE, load_draft_vocab, restrict_head, widen_logits
 from engine.models.invariant_attention import pad_context
 from engine.models.kv_cache import KVCache
 from engine.models.llama import LlamaForCausalLM, StepInputs
-from engine.models.loader import load_model
+from engine.models.loader import load_model, resolve_model_path
 from engine.runners.base import ForwardBatch, Runner, RunnerInfo
 
 log = logging.getLogger("specserve.runner")
@@ -76,7 +77,7 @@ class TorchRunner(Runner):
 
     def __init__(self, model: LlamaForCausalLM, *, max_slots: int, max_model_len: int, pack_weights: bool = True,
                  compile: bool = False, compile_cache_dir: str | None = None, batch_invariant: bool | None = None,
-                 native: bool = True):
+                 native: bool = True, head_token_ids: torch.Tensor | None = None):
         """`pack_weights`: on CPU in bf16, re-lay linear weights out for oneDNN once (see cpu_linear.py); the model
         is then inference-only and its linear layers no longer expose `.weight`.
 
@@ -92,7 +93,10 @@ class TorchRunner(Runner):
         `native`: where the bf16 CPU path is batch-invariant and the hand-written kernels build (engine/native: a
         C++ compiler and AVX512-BF16), the linear layers and the whole decoder-layer loop run through them; the step
         is then one op call per pass instead of ~35 ATen ops per layer. Otherwise (or `native=False`) the eager path
-        with oneDNN-packed linears; `self.native_reason` says why."""
+        with oneDNN-packed linears; `self.native_reason` says why.
+
+        `head_token_ids` (N,): a draft's reduced-vocabulary head (engine/models/draft_vocab.py): the head scores only
+        these ids and `execute` widens its logits back to the full vocabulary."""
         cfg: ModelConfig = model.config
         if max_slots < 1 or max_model_len < 2:
             raise ValueError(f"need max_slots >= 1 and max_model_len >= 2, got {max_slots}, {max_model_len}")
@@ -102,6 +106,10 @@ class TorchRunner(Runner):
         self.device, self.dtype = param.device, param.dtype
         self.cfg = cfg
         self.max_slots, self.max_model_len = max_slots, max_model_len
+        self.head_token_ids = None
+        if head_token_ids is not None:
+            restrict_head(model, head_token_ids)  # before the compiled twin and the packing copy the head
+            self.head_token_ids = model.head_token_ids
         model.keep_residual_fp32()  # bf16/fp16 weights, fp32 residual stream and norms (near-ties, DESIGN.md)
         exact_here = self.device.type == "cpu" and self.dtype == torch.bfloat16 and not compile
         if batch_invariant is None:
@@ -148,11 +156,21 @@ class TorchRunner(Runner):
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, max_slots: int, max_model_len: int,
                         dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
                         compile: bool = False, compile_cache_dir: str | None = None,
-                        batch_invariant: bool | None = None, native: bool = True) -> TorchRunner:
+                        batch_invariant: bool | None = None, native: bool = True,
+                        draft_vocab: bool = False) -> TorchRunner:
+        """`draft_vocab`: use the checkpoint's reduced-vocabulary head if it has one (drafts only: a target's
+        distribution must cover every token)."""
         dev = resolve_device(device)
         model = load_model(path_or_id, dtype=resolve_dtype(dtype, dev), device=dev)
+        head_ids = None
+        if draft_vocab:
+            head_ids = load_draft_vocab(resolve_model_path(path_or_id), model.config.vocab_size)
+            if head_ids is not None:
+                log.info("draft head: %d of %d tokens (%s)", head_ids.numel(), model.config.vocab_size,
+                         DRAFT_VOCAB_FILE)
         return cls(model, max_slots=max_slots, max_model_len=max_model_len, compile=compile,
-                   compile_cache_dir=compile_cache_dir, batch_invariant=batch_invariant, native=native)
+                   compile_cache_dir=compile_cache_dir, batch_invariant=batch_invariant, native=native,
+                   head_token_ids=head_ids)
 
     def info(self) -> RunnerInfo:
         return RunnerInfo(
@@ -187,8 +205,14 @@ class TorchRunner(Runner):
             if self.compiled is not None:
                 logits = self.compiled(inp)  # None: a shape the graphs do not cover, or compiling failed
                 if logits is not None:
-                    return logits.float()
-            return self.model(inp, self.cache).float()
+                    return self._full_vocab(logits)
+            return self._full_vocab(self.model(inp, self.cache))
+
+    def _full_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, vocab or head subset) model-dtype logits -> (N, vocab) float32."""
+        if self.head_token_ids is None:
+            return logits.float()
+        return widen_logits(logits, self.head_token_ids, self.cfg.vocab_size)
 
     def _pack(self, batch: ForwardBatch) -> StepInputs | None:
         """Rows -> right-padded (B, S) tensors, positions (padding -> scratch), logits indices and the mask."""
