@@ -42,6 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.default_model import gguf_path  # noqa: E402
 from engine.default_model.draft import LAYERS_FILE, SHARED  # noqa: E402
+from engine.models.draft_vocab import (  # noqa: E402
+    DRAFT_VOCAB_FILE,
+    load_draft_vocab,
+    restrict_head,
+    save_draft_vocab,
+    widen_logits,
+)
 from engine.models.gguf import convert_gguf  # noqa: E402
 from engine.models.hf_compat import dtype_kwarg, portable_config_dict  # noqa: E402
 from tools.smollm_draft_data import code_functions, code_manifest, code_prompts, split, training_prompts  # noqa: E402,E501
@@ -116,8 +123,9 @@ def load_or_generate(target_dir: Path, prompts: list[str], args) -> tuple[list[d
 
 # ------------------------------------------------------------------------------------------------------------ model
 
-def build_draft(target_dir: Path, layers: list[int]):
-    """LlamaForCausalLM with `len(layers)` decoder layers copied from the target (fp32), embedding frozen."""
+def build_draft(target_dir: Path, layers: list[int], head_ids: torch.Tensor | None = None):
+    """LlamaForCausalLM with `len(layers)` decoder layers copied from the target (fp32), embedding frozen; with
+    `head_ids` (N,) the head scores only those tokens (engine/models/draft_vocab.py), its rows frozen too."""
     from transformers import AutoModelForCausalLM
 
     target = AutoModelForCausalLM.from_pretrained(str(target_dir), **dtype_kwarg(torch.float32))
@@ -135,7 +143,29 @@ def build_draft(target_dir: Path, layers: list[int]):
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     draft.tie_weights()
     draft.model.embed_tokens.weight.requires_grad_(False)
+    if head_ids is not None:
+        restrict_head(draft, head_ids)
     return draft, target
+
+
+def frequent_tokens(records: list[dict], n: int, always: list[int]) -> torch.Tensor:
+    """The head subset: `always` (EOS and the chat template's end-of-turn) and the most frequent tokens of the
+    target's answers in `records` (ties broken by token id, so the same data gives the same subset), n in all."""
+    counts = torch.zeros(max(max(r["answer"]) for r in records) + 1, dtype=torch.long)
+    for r in records:
+        counts += torch.bincount(torch.tensor(r["answer"]), minlength=counts.numel())[:counts.numel()]
+    order = sorted(range(counts.numel()), key=lambda t: (-int(counts[t]), t))
+    chosen = list(dict.fromkeys([*always, *[t for t in order if counts[t] > 0]]))[:n]
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def coverage(records: list[dict], head_ids: torch.Tensor | None) -> float:
+    """Share of the target's greedy answer tokens in `records` that the head can propose (1.0 for a full head)."""
+    if head_ids is None:
+        return 1.0
+    inside = set(head_ids.tolist())
+    toks = [t for r in records for t in r["answer"]]
+    return sum(t in inside for t in toks) / max(1, len(toks))
 
 
 def batches(data: list[dict], bs: int, gen: torch.Generator):
@@ -169,15 +199,26 @@ def answer_logits(draft, ids, att, tmask):
     return draft.lm_head(hidden[tmask])
 
 
-def distill_loss(logits, tmask, tids, tlogp):
-    """CE of draft log-probs `logits` (N, vocab; answer positions, see answer_logits) against the teacher's
-    renormalised top-k distribution there."""
-    logq = torch.log_softmax(logits.float(), -1)  # (N, vocab)
-    p = torch.softmax(tlogp[tmask], -1)  # (N, k)
-    return -(p * logq.gather(-1, tids[tmask])).sum(-1).mean()
+def distill_loss(logits, tmask, tids, tlogp, to_head: torch.Tensor | None = None):
+    """CE of draft log-probs `logits` (N, head size; answer positions, see answer_logits) against the teacher's
+    top-k distribution there, renormalised over what the head can score. `to_head` (vocab,): a target id's row in a
+    reduced head, -1 outside it (None: the full head)."""
+    logq = torch.log_softmax(logits.float(), -1)  # (N, head)
+    ids, lp = tids[tmask], tlogp[tmask]  # (N, k)
+    if to_head is not None:
+        ids = to_head[ids]
+        keep = (ids >= 0).any(-1)  # positions whose teacher top-k lies wholly outside the head teach nothing
+        logq, ids, lp = logq[keep], ids[keep], lp[keep].masked_fill(ids[keep] < 0, float("-inf"))
+        ids = ids.clamp(min=0)
+    p = torch.softmax(lp, -1)  # (N, k)
+    return -(p * logq.gather(-1, ids)).sum(-1).mean()
 
 
 def train(draft, data: list[dict], args) -> list[float]:
+    to_head = None  # target id -> row of a reduced head, -1 outside it
+    if getattr(draft, "head_token_ids", None) is not None:
+        to_head = torch.full((draft.config.vocab_size,), -1, dtype=torch.long)
+        to_head[draft.head_token_ids] = torch.arange(draft.head_token_ids.numel())
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(args.seed)
@@ -188,7 +229,9 @@ def train(draft, data: list[dict], args) -> list[float]:
             lr = args.lr * (min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = distill_loss(answer_logits(draft, ids, att, tmask), tmask, tids, tlogp)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16_autocast):
+                logits = answer_logits(draft, ids, att, tmask)
+            loss = distill_loss(logits, tmask, tids, tlogp, to_head)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -238,7 +281,9 @@ def evaluate_many(drafts: dict, target, data: list[dict], ks=(1, 2, 3, 4, 5, 6),
         tl = target(input_ids=ids).logits[0, P - 1:P - 1 + A].float()  # (A, vocab)
         tp = torch.softmax(tl / temperature, -1)
         for name, draft in drafts.items():
-            dl = draft(input_ids=ids).logits[0, P - 1:P - 1 + A].float()  # (A, vocab)
+            dl = draft(input_ids=ids).logits[0, P - 1:P - 1 + A].float()  # (A, vocab or head subset)
+            if getattr(draft, "head_token_ids", None) is not None:
+                dl = widen_logits(dl, draft.head_token_ids, tl.shape[-1])  # (A, vocab)
             agree[name].append((dl.argmax(-1) == tl.argmax(-1)).tolist())
             min_mass[name].append(torch.minimum(torch.softmax(dl / temperature, -1), tp).sum(-1))
         n_tok += A
@@ -270,11 +315,10 @@ def _figures(agree_all: list[list[bool]], min_mass: list[torch.Tensor], n_answer
 
 def decode_cost(path: Path, rounds: int = 5, steps: int = 40) -> float:
     """Median ms of a batch-1 bf16 decode step with the project's torch runner (1 thread, after a 64-token prefill)."""
-    from engine.models.loader import load_model
     from engine.runners.base import ForwardBatch
     from engine.runners.torch_runner import TorchRunner
 
-    r = TorchRunner(load_model(path, dtype=torch.bfloat16), max_slots=1, max_model_len=512)
+    r = TorchRunner.from_pretrained(path, dtype=torch.bfloat16, max_slots=1, max_model_len=512, draft_vocab=True)
     r.execute(ForwardBatch([0], [list(range(100, 164))], [0], [1]))
     per = []
     for _ in range(rounds):
@@ -291,6 +335,9 @@ def save_draft(draft, out: Path, layers: list[int]) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / DRAFT_VOCAB_FILE).unlink(missing_ok=True)
+    if getattr(draft, "head_token_ids", None) is not None:
+        save_draft_vocab(out, draft.head_token_ids)
     state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in draft.state_dict().items()
              if k not in SHARED and k != "lm_head.weight"}
     save_file(state, str(out / LAYERS_FILE), metadata={"format": "pt", "init_layers": json.dumps(layers)})
@@ -308,8 +355,12 @@ def load_draft(target_dir: Path, src: Path, cache: Path):
 
     from engine.default_model.draft import assemble_draft
 
-    return AutoModelForCausalLM.from_pretrained(str(assemble_draft(target_dir, cache, src)),
-                                                **dtype_kwarg(torch.float32)).eval()
+    path = assemble_draft(target_dir, cache, src)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **dtype_kwarg(torch.float32)).eval()
+    head_ids = load_draft_vocab(path, model.config.vocab_size)
+    if head_ids is not None:
+        restrict_head(model, head_ids)
+    return model
 
 
 def chat_set_prompts() -> list[str]:
@@ -343,12 +394,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core host more threads oversubscribe and run ~20x slower)")
+    ap.add_argument("--train-threads", type=int, default=0, help="torch threads for training (0: --threads)")
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache/specserve/train"))
     ap.add_argument("--no-code", action="store_true", help="instruction prompts only (the first shipped draft's data)")
     ap.add_argument("--compare", default="engine/default_model/draft",
                     help="draft directory (layers + config) evaluated beside the new one on the same sets; '' = none")
     ap.add_argument("--no-init-eval", action="store_true",
                     help="skip the copied-layer (before training) row on the code and chat sets (saves eval time)")
+    ap.add_argument("--draft-vocab", type=int, default=8192,
+                    help="head size: the draft scores only this many of the target's most frequent answer tokens "
+                         "(FR-Spec, engine/models/draft_vocab.py); 0 = the full vocabulary")
+    ap.add_argument("--bf16-autocast", action=argparse.BooleanOptionalAction, default=True,
+                    help="forward passes in bf16 autocast (fp32 master weights and loss): ~2x on AVX512-BF16 CPUs")
     ap.add_argument("--train-budget-s", type=float, default=0.0,
                     help="if > 0, lower --steps after 10 steps so training fits in this many seconds")
     args = ap.parse_args(argv)
@@ -372,12 +429,22 @@ def main(argv: list[str] | None = None) -> int:
     eval_sets = {"instruct_held_out": held_d, "chat_bench": chat_data}
     if code_held_d:
         eval_sets["code_held_out"] = code_held_d
-    draft, target = build_draft(target_dir, layers)
+    head_ids = None
+    if args.draft_vocab:
+        cfg = json.loads((target_dir / "config.json").read_text())
+        always = sorted({t for t in (cfg.get("bos_token_id"), cfg.get("eos_token_id"), cfg.get("pad_token_id"))
+                         if isinstance(t, int)} | set(eos_ids_of(target_dir)))
+        head_ids = frequent_tokens(train_d + code_train_d, args.draft_vocab, always)
+    head_cov = {name: coverage(recs, head_ids) for name, recs in eval_sets.items()}
+    log.info("draft head %s tokens; held-out coverage %s", "all" if head_ids is None else head_ids.numel(), head_cov)
+    draft, target = build_draft(target_dir, layers, head_ids)
     init = copy.deepcopy(draft).eval()  # layers as copied from the target, the "before training" row
     compare = load_draft(target_dir, Path(args.compare), Path(args.data_cache) / "compare") if args.compare else None
     draft_params = sum(p.numel() for n, p in draft.named_parameters() if "embed_tokens" not in n)
     t0 = time.monotonic()
+    torch.set_num_threads(args.train_threads or args.threads)
     losses = train(draft, train_d + code_train_d, args)
+    torch.set_num_threads(args.threads)
     train_s = time.monotonic() - t0
     out = Path(args.out)
     save_draft(draft, out, layers)
@@ -408,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         "generation_s": round(gen_s, 1), "training_s": round(train_s, 1), "steps": args.steps, "batch": args.batch,
         "lr": args.lr, "top_k": args.top_k, "final_loss_mean_last20": statistics.mean(losses[-20:]),
         "first_loss_mean_first10": statistics.mean(losses[:10]),
+        "draft_vocab": None if head_ids is None else head_ids.numel(), "draft_vocab_coverage": head_cov,
+        "bf16_autocast": args.bf16_autocast, "threads": args.threads, "train_threads": args.train_threads or args.threads,
         "before_training": before, "after_training": after, "eval": figures,
         "decode_ms_bf16_b1_1thread": {"target": round(ms_t, 3), "draft": round(ms_d, 3)},
         "cost_ratio_c": round(ms_d / ms_t, 4), "total_s": round(time.monotonic() - t_start, 1),
@@ -415,6 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
     log.info("done: %s", json.dumps(stats))
     return 0
+
+
+def eos_ids_of(target_dir: Path) -> list[int]:
+    """End-of-sequence ids the engine stops on (engine.builder.eos_ids): the head must always be able to propose them."""
+    from engine.builder import eos_ids
+    from engine.models.tokenizer import load_tokenizer
+
+    return eos_ids(load_tokenizer(target_dir), target_dir)
 
 
 def _bench_prompts() -> set[str]:

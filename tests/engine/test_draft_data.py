@@ -19,7 +19,16 @@ from tools.smollm_draft_data import (
     stdlib_functions,
     training_prompts,
 )
-from tools.train_smollm_draft import _bench_prompts, _figures, _fit_steps, answer_logits, check_no_overlap
+from tools.train_smollm_draft import (
+    _bench_prompts,
+    _figures,
+    _fit_steps,
+    answer_logits,
+    check_no_overlap,
+    coverage,
+    distill_loss,
+    frequent_tokens,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,3 +115,22 @@ def test_figures_greedy_simulation():
 def test_fit_steps_lowers_only_when_over_budget():
     assert _fit_steps(400, 50.0, 10_000) == 400
     assert _fit_steps(400, 50.0, 1000) == 200
+
+
+def test_frequent_tokens_keeps_the_always_ids_then_the_most_frequent():
+    recs = [{"answer": [5, 5, 5, 7, 7, 9, 2]}, {"answer": [7, 9, 11, 2]}]
+    assert frequent_tokens(recs, 3, always=[0]).tolist() == [0, 5, 7]  # 7 (3x) and 5 (3x): ties by id
+    assert frequent_tokens(recs, 4, always=[0, 2]).tolist() == [0, 2, 5, 7]
+    assert coverage(recs, torch.tensor([5, 7])) == 6 / 11 and coverage(recs, None) == 1.0
+
+
+def test_distill_loss_over_a_reduced_head_renormalises_the_teacher_inside_it():
+    vocab, head = 10, torch.tensor([1, 4, 6])
+    to_head = torch.full((vocab,), -1, dtype=torch.long)
+    to_head[head] = torch.arange(3)
+    tmask = torch.tensor([[True, True]])
+    tids = torch.tensor([[[4, 2], [3, 5]]])  # position 0: 4 inside, 2 outside; position 1: wholly outside (dropped)
+    tlogp = torch.log(torch.tensor([[[0.6, 0.4], [0.5, 0.5]]]))
+    logits = torch.tensor([[0.0, 2.0, 1.0], [5.0, 5.0, 5.0]])  # (N, head)
+    want = -torch.log_softmax(logits[0], -1)[1]  # teacher mass renormalised onto id 4 (row 1 of the head)
+    torch.testing.assert_close(distill_loss(logits, tmask, tids, tlogp, to_head), want)
