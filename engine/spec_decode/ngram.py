@@ -16,6 +16,11 @@ from engine.spec_decode.base import Drafts, register_proposer
 
 def ngram_lookup(tokens: np.ndarray, min_n: int, max_n: int, k: int) -> list[int]:
     """Up to k tokens following the most recent earlier match of the longest suffix n-gram (n in [min_n, max_n])."""
+    return ngram_match(tokens, min_n, max_n, k)[0]
+
+
+def ngram_match(tokens: np.ndarray, min_n: int, max_n: int, k: int) -> tuple[list[int], int]:
+    """(ngram_lookup's drafts, the n of the suffix that matched; 0 = no match)."""
     length = len(tokens)
     for n in range(min(max_n, length - 1), min_n - 1, -1):
         suffix = tokens[length - n:]
@@ -24,8 +29,8 @@ def ngram_lookup(tokens: np.ndarray, min_n: int, max_n: int, k: int) -> list[int
         hits = np.flatnonzero((windows == suffix).all(axis=1))
         if hits.size:
             start = int(hits[-1]) + n  # most recent match; its continuation starts right after it
-            return tokens[start:start + k].tolist()
-    return []
+            return tokens[start:start + k].tolist(), n
+    return [], 0
 
 
 class NgramProposer:
