@@ -95,7 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="target model dir or .gguf (default: the embedded SmolLM2-135M-Instruct)")
     c.add_argument("--draft-model", default=None, help="draft model dir (default: the embedded default's draft)")
     c.add_argument("--configs", default="adaptive,k0,static-draft,static-ngram",
-                   help="comma list from: adaptive, adaptive-ngram, k0, static-draft, static-ngram, hf-serve")
+                   help="comma list from: adaptive, adaptive-ngram, adaptive-hybrid, k0, static-draft, static-ngram, "
+                        "static-hybrid, hf-serve, llama-cpp")
     c.add_argument("--num-speculative-tokens", type=int, default=4, help="K for the fixed-K configs and the max K")
     c.add_argument("--dtype", default="auto", help="dtype for every configuration and for HF")
     c.add_argument("--serve-arg", action="append", default=[], help="extra flag for every specserve serve (repeat)")

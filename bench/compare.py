@@ -9,6 +9,7 @@ per batch-size bucket; the figures show its steady state, not its exploration).
 Configurations (`--configs`):
   adaptive        specserve, draft proposer, adaptive K policy (the default serving mode)
   adaptive-ngram  specserve, n-gram proposer, adaptive K policy
+  adaptive-hybrid specserve, hybrid proposer (n-gram lookup where the history matches, else the draft), adaptive K
   k0              specserve, --speculative-method none
   static-draft    specserve, draft proposer, --speculative-policy static (always K)
   static-ngram    specserve, n-gram proposer, --speculative-policy static
@@ -107,13 +108,16 @@ def resolve_pair(args: argparse.Namespace) -> tuple[str, str | None]:
     return str(target), str(args.draft_model or draft)
 
 
+ADAPTIVE_CONFIGS = ("adaptive", "adaptive-ngram", "adaptive-hybrid")  # each gets its ratios to every other config
+
+
 def server_for(name: str, target: str, draft: str | None, args: argparse.Namespace) -> Server:
     k = str(args.num_speculative_tokens)
     port = free_port()
     base = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--model", target,
             "--max-num-seqs", str(max(args.concurrency)), "--dtype", args.dtype, *args.serve_arg,
             *(["--num-threads", str(args.threads)] if args.threads else [])]
-    need_draft = name in ("adaptive", "static-draft")
+    need_draft = name in ("adaptive", "static-draft", "adaptive-hybrid", "static-hybrid")
     if need_draft and not draft:
         raise ValueError(f"config {name!r} needs --draft-model")
     flags = {
@@ -124,6 +128,10 @@ def server_for(name: str, target: str, draft: str | None, args: argparse.Namespa
                          "static", "--num-speculative-tokens", k],
         "static-ngram": ["--speculative-method", "ngram", "--speculative-policy", "static",
                          "--num-speculative-tokens", k],
+        "adaptive-hybrid": ["--speculative-method", "hybrid", "--draft-model", str(draft), "--num-speculative-tokens",
+                            k],
+        "static-hybrid": ["--speculative-method", "hybrid", "--draft-model", str(draft), "--speculative-policy",
+                          "static", "--num-speculative-tokens", k],
     }
     if name == "hf-serve":
         dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16"}.get(args.dtype, args.dtype)
@@ -263,7 +271,7 @@ def compare_ratios(runs: list[dict[str, Any]], hf: dict[str, Any] | None) -> dic
     out: dict[str, float | None] = {}
     for lv in levels:
         tag = f"c={lv[0]}" + (f",rate={lv[1]:g}" if lv[1] else "")
-        for ref in ("adaptive", "adaptive-ngram"):
+        for ref in ADAPTIVE_CONFIGS:
             if (ref, lv) not in med:
                 continue
             for other in configs:
@@ -295,7 +303,7 @@ def level_winners(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         winner = max(here, key=lambda c: median(here[c]))
         row: dict[str, Any] = {"concurrency": lv[0], "request_rate": lv[1], "winner": winner,
                                "winner_tok_s": median(here[winner]), "adaptive": {}}
-        for ad in ("adaptive", "adaptive-ngram"):
+        for ad in ADAPTIVE_CONFIGS:
             others = {c: v for c, v in here.items() if c != ad and median(v) > 0}
             if ad not in here or not others:
                 continue

@@ -111,14 +111,23 @@ def bench(args) -> dict:
     from engine.models.tokenizer import load_tokenizer
 
     target, draft = default_pair()
+    if args.draft:
+        from engine.default_model.draft import assemble_draft
+        from engine.models.gguf import default_cache_dir
+
+        draft = assemble_draft(Path(target), default_cache_dir(), Path(args.draft))  # a candidate draft's layers
     torch.set_num_threads(args.threads)
     common = dict(dtype="bfloat16", max_num_seqs=1, max_model_len=1024, num_speculative_tokens=args.k,
                   num_threads=args.threads)
     engines = {
         "k0": engine_for(target, method="none", **common),
         "static": engine_for(target, method="draft", draft=draft, speculative_policy="static", **common),
-        "default": engine_for(target, method="draft", draft=draft, **common),
+        "default": engine_for(target, method=args.default_method, draft=draft, **common),
     }
+    also = [m for m in args.also.split(",") if m]  # more adaptive sides, named by their method
+    for m in also:
+        engines[m] = engine_for(target, method=m, draft=draft if m != "ngram" else None, **common)
+    adaptive = ["default", *also]
     for e in engines.values():
         e.tally = RejectionTally(e)
     hf = HFSide(target, draft, torch.bfloat16, args.k) if args.hf else None
@@ -135,14 +144,14 @@ def bench(args) -> dict:
         prompts = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
         res: dict = {"prompts": len(prompts), "prompt_tokens": [len(p) for p in prompts]}
         for temp in (0.0, args.temperature):
-            sides = ["k0", "static", "default"] if temp == 0 else ["k0", "default"]
+            sides = ["k0", "static", *adaptive] if temp == 0 else ["k0", *adaptive]
             if temp == 0 and hf is not None:
                 sides += ["hf", "hf_assisted"]
             for name in ("k0", "default"):  # warm-up (allocator, adaptive policy's first estimates)
                 run_request(engines[name], prompts[0], n, temp, f"w-{ds}-{temp}-{name}")
-            snaps = {s: counters_snapshot(engines[s]) for s in ("static", "default")}
+            snaps = {s: counters_snapshot(engines[s]) for s in ("static", *adaptive)}
             rounds: dict[str, list[float]] = {s: [] for s in sides}
-            identical = []
+            identical: dict[str, list[bool]] = {s: [] for s in adaptive}
             for r in range(args.repeats):
                 secs = {s: 0.0 for s in sides}
                 for i, p in enumerate(prompts):
@@ -155,14 +164,16 @@ def bench(args) -> dict:
                             dt, got[s] = run_request(engines[s], p, n, temp, f"{ds}-{temp}-{r}-{i}-{s}")
                             secs[s] += dt
                     if temp == 0:
-                        identical.append(got["default"] == got["k0"])
+                        for s in adaptive:
+                            identical[s].append(got[s] == got["k0"])
                 for s in sides:
                     rounds[s].append(len(prompts) * (n - 1) / secs[s])
                 print(f"  {ds} T={temp} round {r}: " + "  ".join(f"{s} {rounds[s][-1]:.1f}" for s in sides),
                       flush=True)
             t = {"decode_tok_s": {s: spread(v) for s, v in rounds.items()}}
-            t["default/k0"] = spread([d / k for d, k in zip(rounds["default"], rounds["k0"], strict=True)])
-            for s in ("static", "default"):
+            for s in adaptive:
+                t[f"{s}/k0"] = spread([d / k for d, k in zip(rounds[s], rounds["k0"], strict=True)])
+            for s in ("static", *adaptive):
                 if s in sides:
                     after = counters_snapshot(engines[s])
                     t[s] = acceptance(snaps[s], after)
@@ -175,14 +186,16 @@ def bench(args) -> dict:
                 t["bound"] = {"a": a, "E": e, "K": args.k, "c": c, "bound": bound,
                               "static/k0 / bound": spread([x / bound for x in t["static/k0"]["runs"]]),
                               "default/k0 / bound": spread([x / bound for x in t["default/k0"]["runs"]])}
-                t["greedy_identical_default_vs_k0"] = f"{sum(identical)}/{len(identical)}"
+                for s in adaptive:
+                    t[f"greedy_identical_{s}_vs_k0"] = f"{sum(identical[s])}/{len(identical[s])}"
                 if hf is not None:
                     t["default/hf_assisted"] = spread([a / b for a, b in zip(rounds["default"], rounds["hf_assisted"],
                                                                                strict=True)])
                     t["default/hf"] = spread([a / b for a, b in zip(rounds["default"], rounds["hf"], strict=True)])
             res[f"T={temp}"] = t
-            print(f"  {ds} T={temp}: default/k0 {t['default/k0']['median']:.2f} "
-                  f"[{t['default/k0']['min']:.2f}, {t['default/k0']['max']:.2f}]"
+            print(f"  {ds} T={temp}: " + ", ".join(f"{s}/k0 {t[f'{s}/k0']['median']:.2f} "
+                                                   f"[{t[f'{s}/k0']['min']:.2f}, {t[f'{s}/k0']['max']:.2f}]"
+                                                   for s in adaptive)
                   + (f", bound {t['bound']['bound']:.2f} (a {t['bound']['a']:.3f})" if temp == 0 else "")
                   + (f", default/HF assisted {t['default/hf_assisted']['median']:.2f}" if "default/hf_assisted" in t
                      else ""), flush=True)
@@ -200,6 +213,10 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hf", type=int, default=1, help="1: also time HF generate, plain and assisted")
+    ap.add_argument("--draft", default=None,
+                    help="a draft directory (layers + config, like engine/default_model/draft) instead of the bundled one")
+    ap.add_argument("--default-method", default="draft", help="the 'default' side's --speculative-method")
+    ap.add_argument("--also", default="", help="comma list of more adaptive sides by method: hybrid, ngram")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     t0 = time.monotonic()
