@@ -64,15 +64,18 @@ def chat_ids(tok, prompt: str) -> list[int]:
 
 
 @torch.no_grad()
-def generate_answers(runner, tok, prompts: list[str], max_new: int, top_k: int, batch: int) -> list[dict]:
-    """Greedy answers with the target's top-k log-probs per answer position, from the project's torch runner (bf16,
-    the served numerics; one slot per row, all rows decoded in one pass per step). Each record: prompt ids (P,),
-    answer ids (A,) ending with EOS if it stopped, topk_ids / topk_logp (A, top_k): the target's next-token
-    distribution before each answer token."""
+def generate_answers(runner, tok, prompts: list[str], max_new: int, top_k: int, batch: int,
+                     temperature: float = 0.0, seed: int = 0) -> list[dict]:
+    """Answers with the target's top-k log-probs per answer position, from the project's torch runner (bf16, the
+    served numerics; one slot per row, all rows decoded in one pass per step): greedy, or sampled at `temperature`
+    (seeded) for more varied prefixes under the same soft labels. Each record: prompt ids (P,), answer ids (A,)
+    ending with EOS if it stopped, topk_ids / topk_logp (A, top_k): the target's next-token distribution before each
+    answer token."""
     from engine.runners.base import ForwardBatch
 
     eos = tok.eos_token_id
     out: list[dict] = []
+    gen = torch.Generator().manual_seed(seed)
     t0 = time.monotonic()
     for b in range(0, len(prompts), batch):
         ids = [chat_ids(tok, p) for p in prompts[b:b + batch]]
@@ -84,8 +87,10 @@ def generate_answers(runner, tok, prompts: list[str], max_new: int, top_k: int, 
         for _ in range(max_new):
             logp = torch.log_softmax(logits.float(), -1)
             top = logp.topk(top_k, -1)
+            picks = (top.indices[:, 0] if temperature <= 0 else
+                     torch.multinomial(torch.softmax(logits.float() / temperature, -1), 1, generator=gen)[:, 0])
             for j, r in enumerate(live):
-                answers[r].append(int(top.indices[j, 0]))
+                answers[r].append(int(picks[j]))
                 tops[r].append(torch.stack([top.indices[j].float(), top.values[j]]))
             live = [r for r in live if answers[r][-1] != eos]
             if not live or len(answers[0]) >= max_new:
@@ -100,11 +105,14 @@ def generate_answers(runner, tok, prompts: list[str], max_new: int, top_k: int, 
     return out
 
 
-def load_or_generate(target_dir: Path, prompts: list[str], args) -> tuple[list[dict], str]:
+def load_or_generate(target_dir: Path, prompts: list[str], args, temperature: float = 0.0,
+                     seed: int = 0) -> tuple[list[dict], str]:
     """The target's answers to `prompts` (generate_answers), cached under --data-cache keyed by prompts and settings."""
     from transformers import AutoTokenizer
 
-    key = hashlib.sha256(json.dumps([prompts, args.max_new, args.top_k, str(target_dir)]).encode()).hexdigest()[:12]
+    sampled = [temperature, seed] if temperature > 0 else []  # greedy keys stay those of earlier caches
+    key = hashlib.sha256(json.dumps([prompts, args.max_new, args.top_k, str(target_dir), *sampled]).encode()
+                         ).hexdigest()[:12]
     path = Path(args.data_cache) / f"smollm_draft_data-{key}.pt"
     if not path.is_file():
         from engine.models.loader import load_model
@@ -113,7 +121,7 @@ def load_or_generate(target_dir: Path, prompts: list[str], args) -> tuple[list[d
         tok = AutoTokenizer.from_pretrained(str(target_dir))
         runner = TorchRunner(load_model(target_dir, dtype=torch.bfloat16), max_slots=args.gen_batch,
                              max_model_len=1024)  # code prompts (<= ~400 tokens) + 128 new
-        data = generate_answers(runner, tok, prompts, args.max_new, args.top_k, args.gen_batch)
+        data = generate_answers(runner, tok, prompts, args.max_new, args.top_k, args.gen_batch, temperature, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data, path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -149,13 +157,20 @@ def build_draft(target_dir: Path, layers: list[int], head_ids: torch.Tensor | No
 
 
 def frequent_tokens(records: list[dict], n: int, always: list[int]) -> torch.Tensor:
-    """The head subset: `always` (EOS and the chat template's end-of-turn) and the most frequent tokens of the
-    target's answers in `records` (ties broken by token id, so the same data gives the same subset), n in all."""
-    counts = torch.zeros(max(max(r["answer"]) for r in records) + 1, dtype=torch.long)
-    for r in records:
-        counts += torch.bincount(torch.tensor(r["answer"]), minlength=counts.numel())[:counts.numel()]
-    order = sorted(range(counts.numel()), key=lambda t: (-int(counts[t]), t))
-    chosen = list(dict.fromkeys([*always, *[t for t in order if counts[t] > 0]]))[:n]
+    """The head subset, n ids: `always` (EOS and the chat template's end-of-turn), then the tokens of the target's
+    answers in `records` by frequency, then the prompts' tokens by frequency (answers copy identifiers from their
+    prompts); ties broken by token id, so the same data gives the same subset."""
+    size = max(max(r["answer"] + r["prompt"]) for r in records) + 1
+
+    def counts(field: str) -> torch.Tensor:
+        c = torch.zeros(size, dtype=torch.long)
+        for r in records:
+            c += torch.bincount(torch.tensor(r[field], dtype=torch.long), minlength=size)
+        return c
+
+    ans, prompt = counts("answer"), counts("prompt")
+    order = sorted(range(size), key=lambda t: (-int(ans[t]), -int(prompt[t]), t))
+    chosen = list(dict.fromkeys([*always, *[t for t in order if ans[t] > 0 or prompt[t] > 0]]))[:n]
     return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
@@ -394,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core host more threads oversubscribe and run ~20x slower)")
+    ap.add_argument("--sampled-answers", type=int, default=0,
+                    help="extra answers per training prompt, sampled at --sample-temperature (seeds 1..N)")
+    ap.add_argument("--sample-temperature", type=float, default=0.8)
     ap.add_argument("--train-threads", type=int, default=0, help="torch threads for training (0: --threads)")
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache/specserve/train"))
     ap.add_argument("--no-code", action="store_true", help="instruction prompts only (the first shipped draft's data)")
@@ -423,9 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     data, digest = load_or_generate(target_dir, train_p + held_p, args)
     code_data, code_digest = load_or_generate(target_dir, code_train + code_held, args) if code_train else ([], "")
     chat_data, chat_digest = load_or_generate(target_dir, chat_set_prompts(), args)
-    gen_s = time.monotonic() - t0
     train_d, held_d = data[:len(train_p)], data[len(train_p):]
     code_train_d, code_held_d = code_data[:len(code_train)], code_data[len(code_train):]
+    sampled_digests = []
+    for i in range(args.sampled_answers):  # more answers to the training prompts only, sampled (held-out stays greedy)
+        more, d = load_or_generate(target_dir, train_p + code_train, args, args.sample_temperature, seed=i + 1)
+        sampled_digests.append(d)
+        code_train_d = code_train_d + more  # appended to the training records (instruct and code alike)
+    gen_s = time.monotonic() - t0
     eval_sets = {"instruct_held_out": held_d, "chat_bench": chat_data}
     if code_held_d:
         eval_sets["code_held_out"] = code_held_d
@@ -471,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(train_p + held_p).encode()).hexdigest(),
         "code_train_answers": len(code_train_d), "code_train_tokens": sum(len(r["answer"]) for r in code_train_d),
         "code_data_sha256": code_digest, "code_prompts": code_manifest() if code_train else None,
-        "chat_bench_answers_sha256": chat_digest, "compare_draft": args.compare or None,
+        "chat_bench_answers_sha256": chat_digest, "sampled_answers": args.sampled_answers,
+        "sample_temperature": args.sample_temperature, "sampled_data_sha256": sampled_digests, "compare_draft": args.compare or None,
         "generation_s": round(gen_s, 1), "training_s": round(train_s, 1), "steps": args.steps, "batch": args.batch,
         "lr": args.lr, "top_k": args.top_k, "final_loss_mean_last20": statistics.mean(losses[-20:]),
         "first_loss_mean_first10": statistics.mean(losses[:10]),

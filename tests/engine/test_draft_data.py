@@ -118,9 +118,12 @@ def test_fit_steps_lowers_only_when_over_budget():
 
 
 def test_frequent_tokens_keeps_the_always_ids_then_the_most_frequent():
-    recs = [{"answer": [5, 5, 5, 7, 7, 9, 2]}, {"answer": [7, 9, 11, 2]}]
+    recs = [{"answer": [5, 5, 5, 7, 7, 9, 2], "prompt": [13, 13, 12]}, {"answer": [7, 9, 11, 2], "prompt": [12, 3]}]
     assert frequent_tokens(recs, 3, always=[0]).tolist() == [0, 5, 7]  # 7 (3x) and 5 (3x): ties by id
     assert frequent_tokens(recs, 4, always=[0, 2]).tolist() == [0, 2, 5, 7]
+    # answers' tokens first (2, 5, 7, 9, 11), then the prompts' by frequency (12 and 13 twice: by id; then 3)
+    assert frequent_tokens(recs, 9, always=[0]).tolist() == [0, 2, 3, 5, 7, 9, 11, 12, 13]
+    assert frequent_tokens(recs, 8, always=[0]).tolist() == [0, 2, 5, 7, 9, 11, 12, 13]
     assert coverage(recs, torch.tensor([5, 7])) == 6 / 11 and coverage(recs, None) == 1.0
 
 
