@@ -117,3 +117,34 @@ def test_bundled_draft_fits_smollm2_and_stays_small():
     assert "model.embed_tokens.weight" not in keys and "model.norm.weight" in keys
     n_layers = {k.split(".")[2] for k in keys if k.startswith("model.layers.")}
     assert len(n_layers) == cfg["num_hidden_layers"]
+
+
+def test_a_draft_vocabulary_travels_into_the_assembled_draft(tiny_default, tmp_path):
+    """The head subset beside the layers is copied into (and keys) the cache entry; the draft runner then scores
+    only those ids."""
+    from engine.models.draft_vocab import DRAFT_VOCAB_FILE, save_draft_vocab
+    from engine.models.gguf import convert_gguf
+
+    f, src, cache = tiny_default
+    target = convert_gguf(f, cache)
+    plain = draft_mod.assemble_draft(target, cache, src)
+    reduced_src = tmp_path / "src"
+    reduced_src.mkdir()
+    for p in src.iterdir():
+        (reduced_src / p.name).write_bytes(p.read_bytes())
+    save_draft_vocab(reduced_src, torch.tensor([1, 2, 5, 6, 7]))
+    d = draft_mod.assemble_draft(target, cache, reduced_src)
+    assert d != plain and (d / DRAFT_VOCAB_FILE).is_file() and not (plain / DRAFT_VOCAB_FILE).exists()
+    runner = TorchRunner.from_pretrained(d, max_slots=1, max_model_len=32, dtype="float32", draft_vocab=True)
+    assert runner.head_token_ids.tolist() == [1, 2, 5, 6, 7]
+
+
+def test_bundled_draft_vocabulary_if_any_is_a_subset_with_the_stop_tokens():
+    from engine.models.draft_vocab import DRAFT_VOCAB_FILE, load_draft_vocab
+
+    src = draft_mod.DRAFT_SRC
+    if not (src / DRAFT_VOCAB_FILE).is_file():
+        pytest.skip("the bundled draft has a full-vocabulary head")
+    cfg = json.loads((src / "config.json").read_text())
+    ids = load_draft_vocab(src, cfg["vocab_size"])
+    assert 1024 <= ids.numel() <= cfg["vocab_size"] and {cfg["eos_token_id"]} <= set(ids.tolist())
