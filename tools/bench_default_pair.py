@@ -38,7 +38,7 @@ from bench.datasets import load_dataset  # noqa: E402
 from bench.report import machine_info  # noqa: E402
 from bench.synthetic import engine_for  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
-from engine.spec_decode.policy import expected_tokens  # noqa: E402
+from engine.spec_decode.acceptance import expected_tokens  # noqa: E402
 from tools.bench_spec import RejectionTally, acceptance, counters_snapshot, step_cost  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from bench.report import machine_info  # noqa: E402
 from bench.synthetic import build_agreeing_pair, drive_in_process, engine_for  # noqa: E402
 from engine.runners.base import ForwardBatch  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
-from engine.spec_decode.policy import expected_tokens  # noqa: E402
+from engine.spec_decode.acceptance import expected_tokens  # noqa: E402
 
 CONFIGS = ("k0", "static", "adaptive")
 

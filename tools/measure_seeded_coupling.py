@@ -42,8 +42,8 @@ from engine.runners.base import ForwardBatch  # noqa: E402
 from engine.sampling.params import SamplingParams  # noqa: E402
 from engine.sampling.pipeline import RowContext, process_logits  # noqa: E402
 from engine.sampling.sampler import choice_generator, probs_from_processed, sample  # noqa: E402
+from engine.spec_decode.acceptance import expected_tokens  # noqa: E402
 from engine.spec_decode.coupled import coupling_acceptance, rejection_acceptance  # noqa: E402
-from engine.spec_decode.policy import expected_tokens  # noqa: E402
 
 SETTINGS = {"T=0.7": {"temperature": 0.7}, "T=1.0": {"temperature": 1.0},
             "T=0.7,top_p=0.9": {"temperature": 0.7, "top_p": 0.9}}

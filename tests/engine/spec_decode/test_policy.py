@@ -9,8 +9,9 @@ import pytest
 
 from engine.sampling.params import SamplingParams
 from engine.sequence import Sequence
+from engine.spec_decode.acceptance import expected_tokens, record_verify
 from engine.spec_decode.goodput import MODEL_ARM, StepTimes, batch_cell
-from engine.spec_decode.policy import AdaptivePolicy, StaticPolicy, expected_tokens, record_verify
+from engine.spec_decode.policy import AdaptivePolicy, StaticPolicy
 from engine.stats import StepRecord
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import engine.engine as engine_mod
 from engine.sampling.params import SamplingParams
-from engine.spec_decode.policy import AdaptivePolicy, StaticPolicy, expected_tokens
+from engine.spec_decode.acceptance import expected_tokens
+from engine.spec_decode.policy import AdaptivePolicy, StaticPolicy
 from tests.helpers.synthetic_cost_runner import FakeClock, fake_time, synthetic_engine
 
 K_MAX = 4
