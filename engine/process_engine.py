@@ -13,11 +13,9 @@ choice ends with finish_reason "error" (HTTP 500 / an SSE error event), `stats()
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import multiprocessing as mp
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -31,6 +29,7 @@ from engine import errors as engine_errors
 from engine.admission import request_limits
 from engine.async_engine import Drainable, EngineStats, RequestStream
 from engine.core_mirror import ApiAdmission, CounterMirror
+from engine.core_spawn import POLL_MS, EngineDiedError, Incarnation, exit_reason, spawn_core, stop_process
 from engine.cpu_affinity import bind_process
 from engine.errors import EngineStoppedError, QueueFullError
 from engine.ipc import (
@@ -38,8 +37,6 @@ from engine.ipc import (
     Codec,
     Fatal,
     Inbox,
-    LoadFailed,
-    Ready,
     Shutdown,
     StepBatch,
     pack_params,
@@ -49,12 +46,7 @@ from engine.sampling.params import SamplingParams
 
 log = logging.getLogger("specserve.engine")
 
-POLL_MS = 250
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # between failed restarts
-
-
-class EngineDiedError(RuntimeError):
-    """The core process ended before it was ready (its load failed or it was killed)."""
 
 
 class ProcessRequestStream(RequestStream):
@@ -76,22 +68,6 @@ class ProcessRequestStream(RequestStream):
         return item
 
 
-@dataclasses.dataclass
-class _Incarnation:
-    """One core process and its socket pair."""
-
-    proc: mp.process.BaseProcess
-    inbox: zmq.Socket  # PUSH, API -> core
-    outbox: zmq.Socket  # PULL, core -> API
-    poller: zmq.Poller
-    ready: Ready | None = None
-    fatal: str | None = None
-
-    def close(self) -> None:
-        self.inbox.close(linger=0)
-        self.outbox.close(linger=0)
-
-
 class ProcessEngine(Drainable):
     """Runs the LLMEngine in an engine-core process; see the module docstring."""
 
@@ -102,7 +78,7 @@ class ProcessEngine(Drainable):
         self._dir = Path(tempfile.mkdtemp(prefix="specserve-core-"))
         self._codec = Codec()
         self._mp = mp.get_context("spawn")  # a fresh interpreter: no torch/OpenMP threads forked
-        self._inc: _Incarnation | None = None
+        self._inc: Incarnation | None = None
         self._generation = 0
         self._lock = threading.Lock()  # streams, in-flight count, pending adds/aborts
         self._send_lock = threading.Lock()  # the inbox socket (loop thread sends, restarts replace it)
@@ -166,7 +142,7 @@ class ProcessEngine(Drainable):
             self._thread.join(timeout=5)
             self._thread = None
         if inc is not None:
-            _stop_process(inc.proc, grace=10.0)
+            stop_process(inc.proc, grace=10.0)
             self._fail_all(inc, "the server shut down")
             inc.close()
             self._inc = None
@@ -251,47 +227,14 @@ class ProcessEngine(Drainable):
 
     # -- the receiver (its own thread) -----------------------------------------------------------------------------
 
-    def _spawn(self) -> _Incarnation:
+    def _spawn(self) -> Incarnation:
         """Start a core process and wait for its Ready (or its failure). Blocking: loading takes seconds."""
         self._generation += 1
-        in_addr = f"ipc://{self._dir}/in-{self._generation}"
-        out_addr = f"ipc://{self._dir}/out-{self._generation}"
-        inbox = self._zctx.socket(zmq.PUSH)
-        inbox.setsockopt(zmq.LINGER, 0)  # a dead core's unsent queue must not block exit
-        inbox.setsockopt(zmq.SNDHWM, 0)  # never drop or block on adds: admission already bounds them
-        inbox.bind(in_addr)
-        outbox = self._zctx.socket(zmq.PULL)
-        outbox.setsockopt(zmq.LINGER, 0)
-        outbox.setsockopt(zmq.RCVHWM, 0)
-        outbox.bind(out_addr)
-        proc = self._mp.Process(target=_core_main, name=f"specserve-core-{self._generation}", daemon=True,
-                                args=(self.settings, in_addr, out_addr, self.settings.server.log_level))
-        proc.start()
-        poller = zmq.Poller()
-        poller.register(outbox, zmq.POLLIN)
-        poller.register(proc.sentinel, zmq.POLLIN)
-        inc = _Incarnation(proc, inbox, outbox, poller)
-        while not self._stopping:
-            events = dict(poller.poll(POLL_MS))
-            if outbox in events:
-                msg = self._codec.decode_from_core(outbox.recv())
-                if isinstance(msg, Ready):
-                    inc.ready = msg
-                    log.info("engine core ready (pid %d)", msg.pid)
-                    if msg.api_cpus is not None:  # keep the API's wake-ups off the engine's cores
-                        bind_process(frozenset(msg.api_cpus))
-                    return inc
-                if isinstance(msg, LoadFailed):
-                    _stop_process(proc, grace=5.0)
-                    inc.close()
-                    raise EngineDiedError(msg.error)
-            elif proc.sentinel in events or not proc.is_alive():
-                proc.join(1.0)
-                inc.close()
-                raise EngineDiedError(f"the engine process exited while loading ({_exit_reason(proc.exitcode)})")
-        _stop_process(proc, grace=1.0)
-        inc.close()
-        raise EngineDiedError("the server shut down while the engine was loading")
+        inc = spawn_core(self._zctx, self._mp, self._codec, self.settings, self._dir, self._generation,
+                         stopping=lambda: self._stopping)
+        if inc.ready.api_cpus is not None:  # keep the API's wake-ups off the engine's cores
+            bind_process(frozenset(inc.ready.api_cpus))
+        return inc
 
     def _receive_loop(self) -> None:
         while not self._stopping:
@@ -313,9 +256,9 @@ class ProcessEngine(Drainable):
             except Exception:  # a bug here must not leave requests hanging: treat it as a dead core
                 log.exception("engine receiver failed")
                 if self._inc is not None and not self._stopping:
-                    _stop_process(self._inc.proc, grace=0.0)
+                    stop_process(self._inc.proc, grace=0.0)
 
-    def _read_all(self, inc: _Incarnation) -> None:
+    def _read_all(self, inc: Incarnation) -> None:
         while True:
             try:
                 data = inc.outbox.recv(zmq.NOBLOCK, copy=False)
@@ -372,9 +315,9 @@ class ProcessEngine(Drainable):
             except RuntimeError:  # that loop is closed (a test ended); nobody is reading
                 pass
 
-    def _on_death(self, inc: _Incarnation) -> None:
+    def _on_death(self, inc: Incarnation) -> None:
         inc.proc.join(1.0)
-        reason = inc.fatal or _exit_reason(inc.proc.exitcode)
+        reason = inc.fatal or exit_reason(inc.proc.exitcode)
         self._down = f"the engine process died ({reason})" + ("; restarting it" if self.restart else "")
         log.error("%s", self._down)
         with self._send_lock:
@@ -384,7 +327,7 @@ class ProcessEngine(Drainable):
         inc.close()
         self._mirror.retire()
 
-    def _fail_all(self, inc: _Incarnation, message: str) -> None:
+    def _fail_all(self, inc: Incarnation, message: str) -> None:
         """End every in-flight choice with finish_reason "error" (HTTP 500 / an SSE error event)."""
         with self._lock:
             streams, self._streams = self._streams, {}
@@ -449,30 +392,3 @@ def _open_indices(stream: ProcessRequestStream) -> list[int]:
 def _deliver(items: list[tuple[ProcessRequestStream, list[RequestOutput]]]) -> None:
     for stream, outs in items:
         stream._put(outs)
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def _stop_process(proc, grace: float) -> None:
-    proc.join(grace)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(2.0)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(2.0)
-
-
-def _core_main(settings, in_addr: str, out_addr: str, log_level: str) -> None:
-    from engine.core_process import run_core
-
-    run_core(settings, in_addr, out_addr, log_level)
