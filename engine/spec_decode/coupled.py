@@ -44,7 +44,9 @@ def gumbel_noise(seed: int, choice: int, positions: Sequence[int], vocab_size: i
     noise = torch.empty(len(positions), vocab_size, dtype=torch.float32)
     for r, pos in enumerate(positions):
         gen = torch.Generator().manual_seed(noise_key(seed, choice, pos))
-        noise[r].exponential_(generator=gen)  # E ~ Exp(1); -log E ~ Gumbel(0, 1)
+        # E = -log(1 - U) ~ Exp(1) and -log E ~ Gumbel(0, 1). From uniform_ rather than exponential_: the same
+        # distribution, but torch's CPU exponential_ takes ~0.93 ms for V = 49,152 and uniform_ ~0.14 ms (1 thread).
+        noise[r].uniform_(generator=gen).neg_().log1p_().neg_()
     return noise.clamp_(min=_TINY).log_().neg_()
 
 

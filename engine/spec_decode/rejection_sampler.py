@@ -16,10 +16,10 @@ Each sequence emits its accepted prefix plus one recovered-or-bonus token: 1..k+
 (`engine.sampling.pipeline.process_logits` then `engine.sampling.sampler.probs_from_processed`), row j computed as if
 drafts 0..j-1 were already generated. That is what makes penalties, bias, top-k/p and min-p lossless too.
 
-Randomness: a sequence with a generator draws, in this order, k uniforms (acceptance) then V exponentials (the final
-token, by the exponential-noise trick), from its own CPU generator, so it repeats whatever else is in the batch (but
+Randomness: a sequence with a generator draws, in this order, k uniforms (acceptance) then one more (the final
+token, by inverse CDF: `engine.sampling.sampler.sample_from_probs`), from its own CPU generator, so it repeats whatever else is in the batch (but
 not at another K: how many draws it consumes, and which token each decides, depend on k). Sequences without a
-generator share torch's default generators (CPU for uniforms, the device's for noise). Greedy sequences draw nothing.
+generator share torch's default generators (CPU for the acceptance uniforms, the device's for the final token's). Greedy sequences draw nothing.
 The engine sends only unseeded requests here; seeded sampled ones are verified by `engine.spec_decode.coupled`, whose keyed
 noise makes their text independent of K.
 """

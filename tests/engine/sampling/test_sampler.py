@@ -7,7 +7,7 @@ import torch
 from scipy.stats import chisquare
 
 from engine.sampling.pipeline import process_logits
-from engine.sampling.sampler import probs_from_processed, sample
+from engine.sampling.sampler import probs_from_processed, sample, sample_from_probs
 from tests.engine.sampling.helpers import row
 
 V = 8
@@ -117,3 +117,30 @@ def test_cuda_logits_seeded_rows_match_cpu():
     toks = sample(target.log().expand(n, V).cuda(), [row()] * n, [None] * n).cpu()
     counts = torch.bincount(toks, minlength=V).double()
     assert chisquare(counts.numpy(), (target.double() * n).numpy()).pvalue > 1e-3
+
+
+def test_sample_from_probs_never_picks_zero_mass_and_needs_no_normalization():
+    """Inverse CDF on unnormalized rows with zero-probability gaps (a top-k/grammar mask), the first and last token
+    included: every draw lands on a positive entry, in proportion to the unnormalized weights."""
+    torch.manual_seed(1)
+    weights = torch.tensor([0.0, 3.0, 0.0, 0.0, 1.0, 0.0, 4.0, 0.0])  # total 8, not 1
+    n = 40_000
+    toks = sample_from_probs(weights.expand(n, V).clone())
+    counts = torch.bincount(toks, minlength=V).double()
+    assert counts[weights == 0].sum() == 0
+    live = weights > 0
+    assert chisquare(counts[live].numpy(), (weights[live].double() / 8 * n).numpy()).pvalue > 1e-3
+
+
+def test_sample_from_probs_large_vocab_tail_mass():
+    """At a real vocabulary size (49,152) a token of mass 1e-4 deep in the tail is drawn at its rate: the float64
+    cumsum keeps small masses exact far from the start of the row."""
+    vocab = 49_152
+    probs = torch.full((1, vocab), 0.5 / (vocab - 2))
+    probs[0, 7], probs[0, vocab - 3] = 0.5 - 1e-4, 1e-4 + 0.5 / (vocab - 2) * 2  # rows sum to ~1
+    gen = torch.Generator().manual_seed(3)
+    draws = torch.stack([sample_from_probs(probs, [gen])[0] for _ in range(20_000)])
+    hits = int((draws == vocab - 3).sum())
+    expect = 20_000 * float(probs[0, vocab - 3] / probs.sum())
+    assert abs(hits - expect) < 5 * expect ** 0.5 + 1
+    assert abs(int((draws == 7).sum()) - 20_000 * float(probs[0, 7] / probs.sum())) < 5 * (20_000 * 0.25) ** 0.5
