@@ -69,7 +69,7 @@ class EngineSettings(_Section):
 
 
 class SpeculationSettings(_Section):
-    speculative_method: Literal["auto", "draft", "ngram", "hybrid", "none"] = Field("auto", description="proposer; auto = draft when a draft model is given, else ngram; hybrid = n-gram lookup where the history has a match, the draft model elsewhere")
+    speculative_method: Literal["auto", "draft", "ngram", "hybrid", "none"] = Field("auto", description="proposer; auto = hybrid when a draft model is given (draft on the Neuron backends), else ngram; hybrid = n-gram lookup where the history has a match, the draft model elsewhere")
     num_speculative_tokens: int = Field(4, ge=0, le=16, description="K: most draft tokens per sequence per step")
     speculative_policy: Literal["adaptive", "static"] = Field("adaptive", description="adaptive: choose K per step and sequence from measured acceptance and step cost; static: always K")
     ngram_min: int = Field(1, ge=1, description="shortest suffix n-gram the prompt-lookup proposer matches")
@@ -170,7 +170,13 @@ class Settings(BaseModel):
             return method
         if self.speculation.num_speculative_tokens == 0:
             return "none"
-        return "draft" if (self.model.draft_model is not None or self.model.model is None) else "ngram"
+        if self.model.draft_model is None and self.model.model is not None:
+            return "ngram"
+        # With a draft model: hybrid on the torch backend (over HTTP on the default pair, 1.45-1.58x the draft
+        # proposer at c=1, 0.93-1.09x at c=16; docs/BENCHMARKS.md section 5); the draft proposer on Neuron, whose
+        # fused speculation and compiled K buckets are built around it.
+        neuron = self.engine.backend.startswith("neuron") or self.neuron.neuron_fused_speculation
+        return "draft" if neuron else "hybrid"
 
     @property
     def uses_draft_model(self) -> bool:

@@ -122,6 +122,8 @@ def build_engine(settings: Settings) -> tuple[LLMEngine, str]:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}")
 
     method = settings.resolved_method
+    if method == "hybrid" and settings.speculation.speculative_method == "auto" and backend.name != "torch":
+        method = "draft"  # auto on a backend auto-resolved to Neuron: the proposer its runners are built around
 
     def build_draft_runner() -> Runner:
         draft_dir = resolve_model_path(draft_id, cache_dir=settings.model.download_dir)

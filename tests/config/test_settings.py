@@ -10,7 +10,20 @@ from config.loader import ConfigError, load_settings
 def test_defaults():
     s = load_settings({}, environ={})
     assert s.engine.max_num_seqs == 8 and s.speculation.num_speculative_tokens == 4
-    assert s.resolved_method == "draft"  # no --model: the demo pair, which has a draft
+    assert s.resolved_method == "hybrid"  # no --model: the default pair, which has a draft
+
+
+def test_auto_method_follows_the_models_and_backend(tmp_path):
+    """auto: hybrid with a draft on torch, the draft proposer on Neuron (fused speculation is built around it),
+    n-gram without a draft, none at K = 0; an explicit method is kept."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "d").mkdir()
+    pair = {"model": str(tmp_path / "t"), "draft_model": str(tmp_path / "d")}
+    assert load_settings(pair, environ={}).resolved_method == "hybrid"
+    assert load_settings({**pair, "backend": "neuron-tnx"}, environ={}).resolved_method == "draft"
+    assert load_settings({**pair, "speculative_method": "draft"}, environ={}).resolved_method == "draft"
+    assert load_settings({"model": str(tmp_path / "t")}, environ={}).resolved_method == "ngram"
+    assert load_settings({**pair, "num_speculative_tokens": 0}, environ={}).resolved_method == "none"
 
 
 def test_precedence_cli_over_env_over_yaml_over_default(tmp_path):
