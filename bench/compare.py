@@ -7,9 +7,10 @@ each level every server gets one unmeasured wave at that concurrency (the adapti
 per batch-size bucket; the figures show its steady state, not its exploration).
 
 Configurations (`--configs`):
-  adaptive        specserve, draft proposer, adaptive K policy (the default serving mode)
+  adaptive        specserve, draft proposer, adaptive K policy (the default on the Neuron backends)
   adaptive-ngram  specserve, n-gram proposer, adaptive K policy
   adaptive-hybrid specserve, hybrid proposer (n-gram lookup where the history matches, else the draft), adaptive K
+                  (the default serving mode on torch: `--speculative-method auto` with a draft model)
   k0              specserve, --speculative-method none
   static-draft    specserve, draft proposer, --speculative-policy static (always K)
   static-ngram    specserve, n-gram proposer, --speculative-policy static
