@@ -90,8 +90,18 @@ def _rejection(processed, ctxs, seqs, drafts, draft_probs) -> list[list[int]]:
     probs = probs_from_processed(processed)
     dp = None
     if any(p is not None for p in draft_probs):
-        dp = torch.cat([p for p in draft_probs if p is not None and p.shape[0] > 0], dim=0).to(probs.device)
+        # The hybrid proposer mixes rows drafted by lookup (one-hot, no probs) with draft-model rows in one batch:
+        # the sampler takes one `[sum k_i, V]` tensor, so a one-hot row's distribution is its draft tokens' one-hot
+        # rows (q = delta at the draft, which verifies exactly as the one-hot path does).
+        parts = [p if p is not None else _one_hot(d, probs.shape[1])
+                 for d, p in zip(drafts, draft_probs, strict=True) if d]
+        dp = torch.cat([p.to(device=probs.device, dtype=torch.float32) for p in parts], dim=0)
     return rejection_sample(drafts, dp, probs, greedy=[s.params.greedy for s in seqs])
+
+
+def _one_hot(draft: list[int], vocab: int) -> torch.Tensor:
+    """`[len(draft), vocab]` float32: row j puts all mass on draft[j]."""
+    return torch.nn.functional.one_hot(torch.tensor(draft, dtype=torch.long), vocab).to(torch.float32)
 
 
 def _logprobs(logits, seqs, drafts, emitted) -> list[list[TokenLogprob] | None]:

@@ -492,3 +492,26 @@ def test_negative_control_penalty_on_the_pre_draft_history_is_detected(monkeypat
     df = V * (V - 1)  # at most: merged cells only lower it (and raise the power)
     assert ncx2.sf(chi2.isf(P_MIN, df), df, lam) >= POWER
     assert second_token_pvalue(out, cond) < P_MIN
+
+
+def test_a_batch_mixing_one_hot_and_model_drafts_follows_the_target():
+    """The hybrid proposer's batches: rows drafted by lookup (one-hot, draft_probs None) beside rows drafted by the
+    draft model, verified in ONE select_tokens call (before the fix it raised, and the engine fell back to selecting
+    row by row); each kind's emitted first token follows the target."""
+    from engine.select import select_tokens
+    from engine.sequence import Sequence
+
+    n = 10_000
+    params = SamplingParams(temperature=1.0)
+    raw = torch.randn(V, generator=torch.Generator().manual_seed(5)) * 1.5
+    ctx = RowContext(params=params, prompt_ids=[1, 2], output_ids=[3], stop_token_ids=[])
+    target = probs_from_processed(process_logits(raw[None], [ctx]))[0]
+    q = dirichlet(1, 5)  # the draft model's distribution at its one draft position, (1, V)
+    torch.manual_seed(5)
+    model_ids = torch.multinomial(q[0], n, replacement=True).tolist()
+    seqs = [Sequence(f"r{i}-0", f"r{i}", 0, [1, 2], params, 100, frozenset(), output_ids=[3]) for i in range(2 * n)]
+    drafts = [[model_ids[i // 2]] if i % 2 else [int(target.argmin())] for i in range(2 * n)]  # odd rows: model
+    probs = [q.clone() if i % 2 else None for i in range(2 * n)]
+    out = select_tokens(raw.expand(4 * n, V).contiguous(), seqs, drafts, probs)
+    for kind in (0, 1):  # 0: one-hot rows, 1: draft-model rows
+        assert chi2_pvalue([o.token_ids[0] for o in out[kind::2]], target) > P_MIN, kind
