@@ -9,8 +9,9 @@ be ranked from a handful of steps.
 
 Per cell and arm the table keeps the last `window` step times; the estimate is their mean after dropping steps over
 3x the median (a neighbour took the CPU), from at least `min_samples` samples no older than `max_age` steps. An arm
-without local samples borrows from the nearest cell that measured it *and* an arm measured here, scaled by the ratio
-on that common arm (absolute times differ between batch sizes, ratios between arms much less).
+without local samples borrows from the nearest cell within 2x the batch size that measured it *and* an arm measured
+here, scaled by the ratio on that common arm (absolute times differ between batch sizes; ratios between arms differ
+less between nearby cells, but a CPU's draft cost grows with the batch, so cells further apart lend nothing).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def batch_cell(b: int) -> int:
 
 
 class StepTimes:
-    def __init__(self, window: int = 8, min_samples: int = 2, max_age: int = 3000, gap: int = 16):
+    def __init__(self, window: int = 8, min_samples: int = 2, max_age: int = 3000, gap: int = 16,
+                 max_span: float = 2.0):
         self.window = window
+        self.max_span = max_span  # borrow only from cells within this factor of batch size
         self.gap = gap
         self.min_samples = min_samples
         self.max_age = max_age
@@ -66,7 +69,11 @@ class StepTimes:
         batch size), each scaled by the ratio of the two cells' times on the arms both have. With nothing measured
         here the nearest measured cell's times are taken as they are (a ranking needs only their ratios)."""
         out = dict(times)
-        cells = sorted({c for c, _ in self.samples if c != cell}, key=lambda c: abs(math.log(c / cell)))
+        # Only nearby cells: how a draft's cost grows with batch size is what differs between cells (on a CPU a
+        # K = 4 verify is ~1.5x a decode step at batch 1 and ~8x at 16), so a far cell's ratios mislead; an arm
+        # left unknown is probed here instead.
+        cells = sorted({c for c, _ in self.samples if c != cell and max(c / cell, cell / c) <= self.max_span},
+                       key=lambda c: abs(math.log(c / cell)))
         for c in cells:
             if all(v is not None for v in out.values()):
                 break
