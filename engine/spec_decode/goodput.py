@@ -69,9 +69,9 @@ class StepTimes:
         batch size), each scaled by the ratio of the two cells' times on the arms both have. With nothing measured
         here the nearest measured cell's times are taken as they are (a ranking needs only their ratios)."""
         out = dict(times)
-        # Only nearby cells: how a draft's cost grows with batch size is what differs between cells (on a CPU a
-        # K = 4 verify is ~1.5x a decode step at batch 1 and ~8x at 16), so a far cell's ratios mislead; an arm
-        # left unknown is probed here instead.
+        # Only nearby cells: how a draft's cost grows with batch size is what differs between cells (on this CPU a
+        # K = 4 step, drafting and verify, was ~1.7x a decode step at batch 1 and ~8x at 16 in in-process probes),
+        # so a far cell's ratios mislead; an arm left unknown is probed here instead.
         cells = sorted({c for c, _ in self.samples if c != cell and max(c / cell, cell / c) <= self.max_span},
                        key=lambda c: abs(math.log(c / cell)))
         for c in cells:
