@@ -64,3 +64,25 @@ class RequestOutput:
     arrival_time: float = 0.0
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+
+
+def merge_outputs(earlier: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """One delta for two consecutive deltas of the same choice (`later` came right after `earlier`).
+
+    The new-since-last fields concatenate; the cumulative and final ones (counts, spec stats, finish) are `later`'s;
+    the per-request times that are set once keep `earlier`'s."""
+    if earlier.logprobs is None and later.logprobs is None:
+        logprobs = None
+    else:
+        logprobs = (earlier.logprobs or []) + (later.logprobs or [])
+    return RequestOutput(
+        request_id=later.request_id, index=later.index,
+        token_ids=earlier.token_ids + later.token_ids, text=earlier.text + later.text, logprobs=logprobs,
+        finished=later.finished, finish_reason=later.finish_reason, stop_reason=later.stop_reason, error=later.error,
+        num_prompt_tokens=later.num_prompt_tokens, num_output_tokens=later.num_output_tokens,
+        token_times=earlier.token_times + later.token_times, spec=later.spec,
+        arrival_time=earlier.arrival_time or later.arrival_time,
+        first_scheduled_time=earlier.first_scheduled_time if earlier.first_scheduled_time is not None
+        else later.first_scheduled_time,
+        first_token_time=earlier.first_token_time if earlier.first_token_time is not None else later.first_token_time,
+    )

@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from engine.errors import RequestFailedError
-from engine.outputs import RequestOutput, SpecStats
+from engine.outputs import RequestOutput, SpecStats, merge_outputs
 from server.errors import (
     ClientDisconnectedError,
     RequestTimeoutError,
@@ -132,7 +132,13 @@ _RunEvent = _Output | _StreamEnded | _StreamFailed | _ClientLeft | _DeadlinePass
 
 
 class EngineRun:
-    """The engine streams of one HTTP request, merged, under a deadline, aborted when the client leaves."""
+    """The engine streams of one HTTP request, merged, under a deadline, aborted when the client leaves.
+
+    Deltas of one choice that queued up while the consumer was busy (writing the previous SSE chunk) come out as one
+    merged delta: when the API process is slower per chunk than the engine per step, it then sends fewer, larger
+    chunks instead of falling further behind (the client parses fewer too), and no token waits behind its own
+    predecessors' writes. (vLLM's v1 `RequestOutputCollector`, vllm/v1/engine/output_processor.py, merges
+    delta outputs the same way when its producer gets ahead.)"""
 
     def __init__(self, streams: list[Any], timeout: float, request: Request | None = None):
         self.streams = streams
@@ -173,25 +179,29 @@ class EngineRun:
         remaining = len(self.streams)
         try:
             while remaining:
-                match await queue.get():
-                    case _Output(i, out):
-                        if FinishReason.of(out) in (FinishReason.ERROR, FinishReason.ABORT):
+                events = [await queue.get()]
+                while not queue.empty():  # what else arrived meanwhile (the loop was busy writing a chunk)
+                    events.append(queue.get_nowait())
+                for event in _coalesce(events):
+                    match event:
+                        case _Output(i, out):
+                            if FinishReason.of(out) in (FinishReason.ERROR, FinishReason.ABORT):
+                                self.close()
+                            yield i, out
+                        case _StreamEnded(i):
+                            self._done[i] = True
+                            remaining -= 1
+                        case _StreamFailed(i, error):
+                            self._done[i] = True
                             self.close()
-                        yield i, out
-                    case _StreamEnded(i):
-                        self._done[i] = True
-                        remaining -= 1
-                    case _StreamFailed(i, error):
-                        self._done[i] = True
-                        self.close()
-                        raise error
-                    case _ClientLeft():
-                        self.close()
-                        raise ClientDisconnectedError()
-                    case _DeadlinePassed():
-                        self.close()
-                        raise RequestTimeoutError(
-                            f"request exceeded the server's {self.timeout:g} s deadline (server.request_timeout)")
+                            raise error
+                        case _ClientLeft():
+                            self.close()
+                            raise ClientDisconnectedError()
+                        case _DeadlinePassed():
+                            self.close()
+                            raise RequestTimeoutError(
+                                f"request exceeded the server's {self.timeout:g} s deadline (server.request_timeout)")
         finally:
             timer.cancel()
 
@@ -329,6 +339,28 @@ class _EngineStreamingResponse(StreamingResponse):
             if not self._rec.emitted:
                 self._rec.fail(499, "client disconnected")
                 self._rec.emit()
+
+
+def _coalesce(events: list[_RunEvent]) -> list[_RunEvent]:
+    """`events` with each choice's consecutive outputs merged into one (`merge_outputs`), in order otherwise; an
+    output never merges across another kind of event (an end, a failure, a disconnect) or past its choice's finish."""
+    merged: list[_RunEvent] = []
+    latest: dict[tuple[int, int], int] = {}  # (stream, choice) -> position in `merged` of its open output
+    for event in events:
+        if not isinstance(event, _Output):
+            latest.clear()
+            merged.append(event)
+            continue
+        key = (event.index, event.output.index)
+        j = latest.get(key)
+        if j is not None:
+            merged[j] = _Output(event.index, merge_outputs(merged[j].output, event.output))  # type: ignore[union-attr]
+        else:
+            latest[key] = len(merged)
+            merged.append(event)
+        if event.output.finished:
+            latest.pop(key, None)
+    return merged
 
 
 def _new_id() -> str:
